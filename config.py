@@ -1,0 +1,367 @@
+"""The whole experiment in two dataclasses: ModelConfig (architecture) and TrainConfig (data, batch,
+optimizer, schedule). Presets are named sets of overrides; `--key=value` on the command line overrides
+any field. Every field is validated in __post_init__ with a ValueError that names it.
+
+This file imports nothing from the rest of the project: everything else reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+# Allowed values. Adding a nonlinearity from torch.nn.functional is one line: its name here
+# (modules/mlp.py looks it up as F.<name.lower()>, e.g. "Mish" -> F.mish).
+POS_ENC_TYPES = ("RoPE", "learnable", "Sinusoidal")
+MLP_NONLINEARITIES = ("GeLU", "SiLU", "ReLU")
+NORM_TYPES = ("RMSNorm", "LayerNorm", "CosineNorm")
+ANNEAL_TYPES = ("cos", "lin", "wsd")
+OPTIMIZERS = ("adamw", "muon")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
+SAMPLING = ("random", "sequential")
+PARALLEL = ("ddp", "fsdp")
+
+
+class _Validated:
+    """Shared checks: each raises ValueError naming the field, the bad value and what is allowed."""
+
+    def _fail(self, name: str, allowed: str) -> None:
+        raise ValueError(
+            f"{type(self).__name__}.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+    def _choice(self, name: str, options: tuple) -> None:
+        if getattr(self, name) not in options:
+            self._fail(name, f"allowed values are {', '.join(map(repr, options))}")
+
+    def _int(self, name: str, minimum: int = 1, optional: bool = False) -> None:
+        v = getattr(self, name)
+        if optional and v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            self._fail(name, f"must be an integer >= {minimum}" + (" or None" if optional else ""))
+
+    def _float(self, name: str, lo: float = 0.0, hi: float = math.inf, lo_open: bool = False,
+               optional: bool = False) -> None:
+        v = getattr(self, name)
+        if optional and v is None:
+            return
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+        if not ok:
+            bracket = "(" if lo_open else "["
+            self._fail(name, f"must be a number in {bracket}{lo}, {hi}]" + (" or None" if optional else ""))
+
+    def _bool(self, name: str) -> None:
+        if not isinstance(getattr(self, name), bool):
+            self._fail(name, "must be True or False")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelConfig(_Validated):
+    # --- size ---
+    dim: int = 128                      # residual stream width
+    num_layers: int = 4                 # transformer blocks
+    num_q_heads: int = 4                # query heads
+    num_kv_heads: int = 4               # key/value heads: = q heads is MHA, fewer is GQA, 1 is MQA
+    head_dim: Optional[int] = None      # per-head width; None -> dim // num_q_heads
+    max_seq_len: int = 256              # context length (training windows and the RoPE/position tables)
+    # --- tokenizer ---
+    tokenizer: str = "bpe_tinyStories"  # folder in tokenizers/: 'bpe_tinyStories', 'bpe_fineweb-edu', 'byte', ...
+    vocab_len: Optional[int] = None     # tokenizer size (512/1024/2048 for bpe_tinyStories); None -> tokenizer's default
+    # --- positions ---
+    pos_enc_type: str = "RoPE"          # 'RoPE' (rotary, relative), 'learnable' (GPT-2), 'Sinusoidal' (fixed)
+    theta: float = 10_000.0             # RoPE base frequency
+    # --- MLP ---
+    mlp_hidden_mult: float = 4.0        # hidden width = mult * dim (x2/3 when gated, so parameters match)
+    mlp_nonlinearity: str = "GeLU"      # 'GeLU', 'SiLU', 'ReLU'
+    mlp_gated: bool = False             # GLU variant: SiLU -> SwiGLU, GeLU -> GeGLU
+    mlp_multiple_of: int = 1            # round the hidden width up to a multiple of this (64-256 helps GPUs)
+    # --- normalization ---
+    norm_type: str = "RMSNorm"          # 'RMSNorm', 'LayerNorm', 'CosineNorm'
+    norm_affine: bool = True            # learnable scale in each norm
+    norm_bias: bool = False             # learnable bias in each norm (needs norm_affine)
+    eps: float = 1e-6                   # added inside the norm's square root
+    second_resid_norm: bool = False     # also normalize each sublayer's output before adding it (Gemma-2 style)
+    scale_first_resid: bool = False     # multiply embeddings by sqrt(dim) before the first block (Gemma style)
+    # --- linear layers and output ---
+    linear_bias: bool = False           # biases in every Linear layer
+    out_weight_share: bool = True       # tie the output projection to the token embedding
+    logit_softcap: Optional[float] = None  # final logits -> cap * tanh(logits / cap) (Gemma-2); None = off
+    # --- attention ---
+    qk_norm: bool = False               # RMS-normalize queries and keys per head before attention
+    sliding_window: Optional[int] = None  # each token sees at most this many tokens (itself included); None = full causal
+    # --- dropout (0 turns each off; always off in eval mode) ---
+    dropout_embed: float = 0.0          # on the embedding output
+    dropout_attn: float = 0.0           # on the attention probabilities
+    dropout_resid: float = 0.0          # on each sublayer's output before the residual add
+    # --- init ---
+    init_std: float = 0.02              # std of weights; residual projections get init_std / sqrt(2 * num_layers)
+
+    def __post_init__(self):
+        for name in ("dim", "num_layers", "num_q_heads", "num_kv_heads", "max_seq_len", "mlp_multiple_of"):
+            self._int(name)
+        self._int("head_dim", optional=True)
+        self._int("vocab_len", minimum=2, optional=True)
+        self._int("sliding_window", optional=True)
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            self._fail("tokenizer", "must be the name of a folder in tokenizers/, e.g. 'bpe_tinyStories' or 'byte'")
+        self._choice("pos_enc_type", POS_ENC_TYPES)
+        self._choice("mlp_nonlinearity", MLP_NONLINEARITIES)
+        self._choice("norm_type", NORM_TYPES)
+        self._float("theta", lo=0, lo_open=True)
+        self._float("mlp_hidden_mult", lo=0, lo_open=True)
+        self._float("eps", lo=0, hi=1, lo_open=True)
+        self._float("init_std", lo=0, lo_open=True)
+        self._float("logit_softcap", lo=0, lo_open=True, optional=True)
+        for name in ("dropout_embed", "dropout_attn", "dropout_resid"):
+            self._float(name, hi=0.999)
+        for name in ("mlp_gated", "norm_affine", "norm_bias", "second_resid_norm", "scale_first_resid",
+                     "linear_bias", "out_weight_share", "qk_norm"):
+            self._bool(name)
+        # cross-field rules
+        if self.head_dim is None:
+            if self.dim % self.num_q_heads:
+                self._fail("num_q_heads", f"dim={self.dim} must be divisible by num_q_heads "
+                                          f"(or set head_dim explicitly)")
+            self.head_dim = self.dim // self.num_q_heads
+        if self.num_q_heads % self.num_kv_heads:
+            self._fail("num_kv_heads", f"must divide num_q_heads={self.num_q_heads} "
+                                       f"(MHA: equal, GQA: a divisor, MQA: 1)")
+        if self.pos_enc_type == "RoPE" and self.head_dim % 2:
+            self._fail("head_dim", "RoPE rotates pairs of dimensions, so head_dim must be even")
+        if self.pos_enc_type == "Sinusoidal" and self.dim % 2:
+            self._fail("dim", "Sinusoidal positions need an even dim")
+        if self.norm_bias and not self.norm_affine:
+            self._fail("norm_bias", "a norm bias needs norm_affine=True")
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        hidden = self.mlp_hidden_mult * self.dim
+        if self.mlp_gated:  # three matrices instead of two: shrink so the parameter count stays the same
+            hidden = hidden * 2 / 3
+        m = self.mlp_multiple_of
+        return int(m * math.ceil(round(hidden) / m))
+
+
+@dataclass
+class TrainConfig(_Validated):
+    # --- run ---
+    model_name: Optional[str] = None    # folder in trained/; None -> '<preset or custom>_<date-time>'
+    seed: int = 1337                    # seeds torch, numpy and the data order
+    device: str = "auto"                # 'auto' picks cuda, then mps, then cpu
+    dtype: str = "auto"                 # 'auto': bfloat16 autocast on CUDA with bf16 (and AMX CPUs), else float32
+    compile: bool = False               # torch.compile the model (CUDA: usually faster; CPU: try it)
+    # --- data ---
+    dataset: str = "noanabeshima/TinyStoriesV2"  # hub name, or a local .txt/.jsonl/.json/.parquet file or folder
+    data_subset: Optional[str] = None   # hub config name, e.g. 'sample-10BT' for FineWeb(-Edu)
+    streaming: bool = False             # stream from the hub, tokenizing only as much as training needs
+    text_field: str = "text"            # column holding the text
+    doc_separator: Optional[str] = None  # split a .txt file into documents on this string, e.g. '<|endoftext|>'
+    val_fraction: float = 0.05          # held-out fraction when the dataset has no validation split
+    cache_dir: str = "data_cache"       # where pre-tokenized token files are kept
+    sampling: str = "random"            # 'random' windows, or 'sequential' passes through the data
+    doc_masking: bool = False           # tokens attend only within their own document
+    # --- batch ---
+    micro_batch_size: int = 32          # sequences per forward pass on each process
+    grad_accum_steps: int = 1           # micro-batches per optimizer step
+    # --- length and bookkeeping ---
+    max_iters: int = 1000               # optimizer steps
+    eval_interval: int = 100            # evaluate (and log a row) every this many steps
+    eval_samples: int = 20              # validation batches per evaluation
+    checkpoint_interval: int = 500      # save a resumable checkpoint every this many steps (and at the end)
+    # --- optimizer ---
+    optimizer: str = "adamw"            # 'adamw', or 'muon' (Muon for hidden matrices, AdamW for the rest)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    epsilon: float = 1e-8
+    weight_decay: float = 0.1           # not applied to norms, biases or embeddings
+    grad_clip: float = 1.0              # max global grad norm; 0 = off
+    muon_lr: float = 0.02               # learning rate of Muon's matrices (scaled by the same schedule)
+    # --- learning-rate schedule (tools.lr_schedule plots it) ---
+    lr_init: float = 1e-5               # lr at step 0, warmed up linearly to lr_max
+    lr_max: float = 1e-3                # peak lr
+    lr_min: float = 1e-4                # lr at the end of each annealing
+    warmup_iters: int = 100             # linear warmup steps
+    final_flat_iters: int = 0           # steps held at lr_min at the very end
+    anneal_type: str = "cos"            # 'cos', 'lin', or 'wsd' (warmup-stable-decay)
+    wsd_decay_frac: float = 0.2         # 'wsd': the last fraction of annealing steps decays linearly
+    num_restarts: int = 0               # warm restarts (SGDR) during annealing
+    T_mult: float = 2.0                 # each restart's cycle is T_mult times longer than the last
+    # --- multi-process ---
+    parallel: str = "ddp"               # under torchrun: 'ddp' replicates, 'fsdp' shards parameters (FSDP2)
+    activation_checkpointing: bool = False  # recompute block activations in backward to save memory
+
+    def __post_init__(self):
+        if self.model_name is not None and (not isinstance(self.model_name, str) or not self.model_name
+                                            or "/" in self.model_name or self.model_name.startswith(".")):
+            self._fail("model_name", "must be a plain folder name (no '/', not starting with '.')")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            self._fail("dataset", "must be a hub name like 'noanabeshima/TinyStoriesV2' or a local path")
+        self._choice("device", DEVICES)
+        self._choice("dtype", DTYPES)
+        self._choice("sampling", SAMPLING)
+        self._choice("anneal_type", ANNEAL_TYPES)
+        self._choice("optimizer", OPTIMIZERS)
+        self._choice("parallel", PARALLEL)
+        for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_samples",
+                     "checkpoint_interval"):
+            self._int(name)
+        self._int("seed", minimum=0)
+        for name in ("warmup_iters", "final_flat_iters", "num_restarts"):
+            self._int(name, minimum=0)
+        for name in ("compile", "streaming", "doc_masking", "activation_checkpointing"):
+            self._bool(name)
+        self._float("val_fraction", lo=0, hi=0.5, lo_open=True)
+        self._float("beta1", hi=0.9999)
+        self._float("beta2", hi=0.9999)
+        self._float("epsilon", lo=0, lo_open=True)
+        self._float("weight_decay")
+        self._float("grad_clip")
+        self._float("muon_lr", lo=0, lo_open=True)
+        self._float("lr_init")
+        self._float("lr_max", lo=0, lo_open=True)
+        self._float("lr_min")
+        self._float("wsd_decay_frac", lo=0, hi=1, lo_open=True)
+        self._float("T_mult", lo=1)
+        if self.lr_min > self.lr_max:
+            self._fail("lr_min", f"must not exceed lr_max={self.lr_max}")
+        if self.warmup_iters + self.final_flat_iters > self.max_iters:
+            self._fail("warmup_iters", f"warmup_iters + final_flat_iters must be <= max_iters={self.max_iters}")
+
+    @property
+    def batch_size(self) -> int:
+        """Sequences per optimizer step on one process (times world size for the global batch)."""
+        return self.micro_batch_size * self.grad_accum_steps
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presets: named overrides of either config's fields. `python train.py --preset=NAME`.
+_GPT2 = dict(pos_enc_type="learnable", norm_type="LayerNorm", norm_bias=True, mlp_nonlinearity="GeLU",
+             mlp_gated=False, linear_bias=True, eps=1e-5)
+_LLAMA3 = dict(pos_enc_type="RoPE", norm_type="RMSNorm", mlp_nonlinearity="SiLU", mlp_gated=True,
+               linear_bias=False, theta=500_000.0, eps=1e-5)
+_GPU = dict(dtype="auto", compile=True, micro_batch_size=16, eval_interval=250, checkpoint_interval=1000,
+            max_iters=20_000, warmup_iters=700, lr_max=6e-4, lr_min=6e-5, tokenizer="bpe_fineweb-edu",
+            vocab_len=32768, dataset="HuggingFaceFW/fineweb-edu", data_subset="sample-10BT", streaming=True)
+
+PRESETS: dict[str, dict] = {
+    # ~1M-parameter models for a laptop CPU, as in the original template
+    "gpt2_atto": dict(_GPT2, dim=128, num_layers=4, num_q_heads=4, num_kv_heads=4, max_seq_len=256,
+                      tokenizer="bpe_tinyStories", vocab_len=1024),
+    "llama3_atto": dict(_LLAMA3, dim=128, num_layers=5, num_q_heads=4, num_kv_heads=2, max_seq_len=256,
+                        tokenizer="bpe_tinyStories", vocab_len=1024),
+    # nanoGPT's CPU Shakespeare reference run (bytes = characters for this ASCII text), and the
+    # same size and schedule with the Llama-3 architecture
+    "nanogpt_shakespeare": dict(_GPT2, linear_bias=False, norm_bias=False, dim=128, num_layers=4,
+                                num_q_heads=4, num_kv_heads=4, max_seq_len=64, tokenizer="byte",
+                                dataset="../shared/data/tinyshakespeare/input.txt", val_fraction=0.1,
+                                micro_batch_size=12, max_iters=2000, eval_interval=250, eval_samples=20,
+                                lr_init=0.0, lr_max=1e-3, lr_min=1e-4, warmup_iters=100, beta2=0.99,
+                                weight_decay=0.1, grad_clip=1.0, dtype="float32"),
+    "llama3_shakespeare": dict(_LLAMA3, dim=128, num_layers=4, num_q_heads=4, num_kv_heads=2,
+                               max_seq_len=64, tokenizer="byte",
+                               dataset="../shared/data/tinyshakespeare/input.txt", val_fraction=0.1,
+                               micro_batch_size=12, max_iters=2000, eval_interval=250, eval_samples=20,
+                               lr_init=0.0, lr_max=1e-3, lr_min=1e-4, warmup_iters=100, beta2=0.99,
+                               weight_decay=0.1, grad_clip=1.0, dtype="float32"),
+    # GPU scale
+    "gpt2_124M": dict(_GPU, **_GPT2, dim=768, num_layers=12, num_q_heads=12, num_kv_heads=12,
+                      max_seq_len=1024, tokenizer="bpe_fineweb-edu", vocab_len=32768),
+    "llama_125M": dict(_GPU, **_LLAMA3, dim=768, num_layers=12, num_q_heads=12, num_kv_heads=4,
+                       max_seq_len=1024, mlp_multiple_of=256),
+    "llama_350M": dict(_GPU, **_LLAMA3, dim=1024, num_layers=24, num_q_heads=16, num_kv_heads=8,
+                       max_seq_len=2048, mlp_multiple_of=256, micro_batch_size=8),
+    "llama_1B": dict(_GPU, **_LLAMA3, dim=2048, num_layers=16, num_q_heads=32, num_kv_heads=8,
+                     max_seq_len=2048, mlp_multiple_of=256, micro_batch_size=4, grad_accum_steps=4,
+                     lr_max=3e-4, lr_min=3e-5),
+}
+
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+if MODEL_FIELDS & TRAIN_FIELDS:  # one flat `--key=value` namespace needs unique names
+    raise RuntimeError(f"fields in both configs: {MODEL_FIELDS & TRAIN_FIELDS}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building configs from presets, saved runs and `--key=value` strings.
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def parse_value(cls, name: str, text: str):
+    """Parse a command-line string by the field's declared type: 'None', bools, ints, floats, str."""
+    typ = _field_types(cls)[name]
+    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
+    if optional:
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if optional and text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        if typ is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if typ is float:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"--{name}={text!r} is not a valid {typ.__name__}") from None
+    return text
+
+
+def unknown_key_error(key: str) -> ValueError:
+    close = difflib.get_close_matches(key, sorted(MODEL_FIELDS | TRAIN_FIELDS), n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See config.py for the fields."
+    return ValueError(f"unknown config field {key!r}.{hint}")
+
+
+def build_configs(overrides: dict | None = None, preset: str | None = None,
+                  base: tuple[dict, dict] | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Defaults <- saved run configs (`base`) <- preset <- overrides. Values may be strings (from a CLI)."""
+    model_kw, train_kw = (dict(base[0]), dict(base[1])) if base else ({}, {})
+    layers = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is unknown; presets are: {', '.join(PRESETS)}")
+        layers.append(PRESETS[preset])
+    layers.append(overrides or {})
+    for layer in layers:
+        for key, value in layer.items():
+            if key in MODEL_FIELDS:
+                model_kw[key] = parse_value(ModelConfig, key, value) if isinstance(value, str) else value
+            elif key in TRAIN_FIELDS:
+                train_kw[key] = parse_value(TrainConfig, key, value) if isinstance(value, str) else value
+            else:
+                raise unknown_key_error(key)
+    if "head_dim" in model_kw and any(k in (overrides or {}) for k in ("dim", "num_q_heads")) \
+            and "head_dim" not in (overrides or {}):
+        model_kw["head_dim"] = None  # derived from a saved config: re-derive when dim/heads change
+    return ModelConfig(**model_kw), TrainConfig(**train_kw)
+
+
+def parse_cli(argv: list[str]) -> tuple[dict, list[str]]:
+    """Split `--key=value` arguments into a dict; return it with the remaining (positional) arguments."""
+    overrides, rest = {}, []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                value = "true"  # a bare flag such as --resume or --compile
+            overrides[key.replace("-", "_")] = value
+        else:
+            rest.append(arg)
+    return overrides, rest
+
