@@ -280,7 +280,7 @@ PRESETS: dict[str, dict] = {
     "llama_350M": dict(_GPU, **_LLAMA3, dim=1024, num_layers=24, num_q_heads=16, num_kv_heads=8,
                        max_seq_len=2048, mlp_multiple_of=256, micro_batch_size=8),
     "llama_1B": dict(_GPU, **_LLAMA3, dim=2048, num_layers=16, num_q_heads=32, num_kv_heads=8,
-                     max_seq_len=2048, mlp_multiple_of=256, micro_batch_size=4, grad_accum_steps=4,
+                     max_seq_len=2048, mlp_hidden_mult=6.0, mlp_multiple_of=256, micro_batch_size=4, grad_accum_steps=4,
                      lr_max=3e-4, lr_min=3e-5),
 }
 

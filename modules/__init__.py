@@ -1,0 +1,1 @@
+"""The model, built from small LoggingModule pieces. Start reading at model.py."""

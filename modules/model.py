@@ -1,0 +1,134 @@
+"""The language model: token embedding -> positions -> Layer x num_layers -> final norm -> logits.
+
+    model = Model(ModelConfig(vocab_len=1024))
+    logits, loss = model(input_ids, targets)      # (B, T, vocab), scalar
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from config import ModelConfig
+from modules.attention import attention_mask
+from modules.kv_cache import KVCache
+from modules.layer import Layer
+from modules.logging import LoggingModule, log_io
+from modules.norm import Norm
+from modules.positional import RotaryEmbedding, SinusoidalEmbedding
+
+
+class Model(LoggingModule):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_len is None:
+            raise ValueError("ModelConfig.vocab_len is None: set it from the tokenizer "
+                             "(tools.get_tokenizer(cfg.tokenizer).vocab_len) before building the model")
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_len, cfg.dim)
+        self.pos_embedding = None  # added to the residual stream ('learnable', 'Sinusoidal')
+        self.rope = None           # applied inside attention ('RoPE')
+        if cfg.pos_enc_type == "learnable":
+            self.pos_embedding = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        elif cfg.pos_enc_type == "Sinusoidal":
+            self.pos_embedding = SinusoidalEmbedding(cfg.dim, cfg.max_seq_len)
+        else:
+            self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)
+        self.embed_dropout = nn.Dropout(cfg.dropout_embed)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
+        self.apply(self._init_weights)
+        if cfg.out_weight_share:
+            self.lm_head.weight = self.token_embedding.weight  # one tensor, two uses
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02); projections into the residual stream get 0.02/sqrt(2*layers)
+        so the stream's variance doesn't grow with depth."""
+        std = self.cfg.init_std
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.cfg.num_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    @log_io
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, *,
+                positions: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False):
+        """input_ids (B, T) -> (logits (B, T, vocab), loss or None).
+
+        positions: (T,) or (B, T) positions of the tokens (default: after what the cache holds).
+        doc_ids: (B, T) document numbers, to keep attention within documents (training).
+        cache: a KVCache from new_cache(); filled and advanced by this call (generation).
+        last_only: compute logits for the last position only (generation's prefill).
+        """
+        cfg = self.cfg
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        if start + T > cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
+        slots = torch.arange(start, start + T, device=input_ids.device)
+        if positions is None:
+            positions = slots
+
+        x = self.token_embedding(input_ids)
+        if cfg.scale_first_resid:
+            x = x * math.sqrt(cfg.dim)
+        if self.pos_embedding is not None:
+            x = x + self.pos_embedding(positions)
+        x = self.embed_dropout(x)
+        rope = self.rope(positions) if self.rope is not None else None
+
+        mask = None  # None -> plain causal: SDPA's fastest path
+        if cache is not None or doc_ids is not None or cfg.sliding_window is not None:
+            key_slots = torch.arange(start + T, device=input_ids.device)
+            key_valid = cache.key_valid[:, :start + T] if cache is not None else None
+            mask = attention_mask(slots, key_slots, cfg.sliding_window, doc_ids, key_valid)
+
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
+
+        x = self.final_norm(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(x)
+        if cfg.logit_softcap is not None:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for generation (dtype: that of k/v, e.g. bfloat16 under autocast)."""
+        cfg = self.cfg
+        param = self.lm_head.weight
+        return KVCache(cfg.num_layers, batch_size, max_len or cfg.max_seq_len, cfg.num_kv_heads, cfg.head_dim,
+                       device=param.device, dtype=dtype or param.dtype)
+
+    def get_num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, counting tied weights once; non_embedding leaves out token/position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.token_embedding.weight.numel()
+            if isinstance(self.pos_embedding, nn.Embedding):
+                n -= self.pos_embedding.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token: 6 per weight multiply-add in every matmul, plus
+        attention scores and mixing over the keys each query sees on average (causal: about T/2)."""
+        cfg = self.cfg
+        T = seq_len or cfg.max_seq_len
+        matmul_params = self.get_num_params(non_embedding=True) + self.lm_head.weight.numel()
+        keys_seen = (T + 1) / 2 if cfg.sliding_window is None else min(cfg.sliding_window, (T + 1) / 2)
+        attention = 2 * 2 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
+        return 6 * matmul_params + 3 * attention

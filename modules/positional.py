@@ -1,0 +1,62 @@
+"""Position information: rotary embeddings (RoPE), fixed sinusoidal tables, or learned embeddings.
+
+Tables are computed once, as non-persistent buffers: they follow .to(device) but are not saved in
+checkpoints (they are a function of the config).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from modules.logging import LoggingModule, log_io
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, each (max_len, head_dim // 2), in float32."""
+    freqs = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), freqs)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + D/2]) of x (B, heads, T, D) by position-dependent angles.
+
+    cos/sin are (T, D/2) when every row shares positions, or (B, T, D/2) when rows differ (padded batches).
+    Rotating q and k this way makes q.k depend only on their distance (https://arxiv.org/abs/2104.09864).
+    """
+    if cos.dim() == 3:
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class RotaryEmbedding(LoggingModule):
+    """Looks up the RoPE angles for given positions; attention applies them to q and k."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float):
+        super().__init__()
+        cos, sin = rope_tables(head_dim, max_len, theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @log_io
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions], self.sin[positions]
+
+
+class SinusoidalEmbedding(LoggingModule):
+    """Fixed sin/cos position vectors added to the token embeddings (https://arxiv.org/abs/1706.03762)."""
+
+    def __init__(self, dim: int, max_len: int, base: float = 10_000.0):
+        super().__init__()
+        freqs = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), freqs)
+        table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)  # interleave sin, cos
+        self.register_buffer("table", table.float(), persistent=False)
+
+    @log_io
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.table[positions]
