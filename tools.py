@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -13,7 +14,8 @@ from config import ModelConfig, TrainConfig
 from training.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent
-TRAINED_DIR = ROOT / "trained"
+# where runs live; TEMPLATEGPT_TRAINED_DIR moves it (tests use this to keep trained/ clean)
+TRAINED_DIR = Path(os.environ.get("TEMPLATEGPT_TRAINED_DIR", ROOT / "trained"))
 
 __all__ = ["get_tokenizer", "list_runs", "resolve_run", "load_configs", "load_model", "lr_schedule", "lr_at"]
 
@@ -29,9 +31,9 @@ def lr_schedule(cfg: TrainConfig) -> list[float]:
     return [lr_at(step, cfg) for step in range(cfg.max_iters)]
 
 
-def list_runs(trained_dir: Path = TRAINED_DIR) -> list[str]:
+def list_runs(trained_dir: Path | None = None) -> list[str]:
     """Names of run folders in trained/ (those holding a model_config.json)."""
-    return sorted(p.parent.name for p in Path(trained_dir).glob("*/model_config.json"))
+    return sorted(p.parent.name for p in Path(trained_dir or TRAINED_DIR).glob("*/model_config.json"))
 
 
 def resolve_run(name_or_path: str | Path) -> Path:

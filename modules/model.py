@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from config import ModelConfig
@@ -40,6 +41,7 @@ class Model(LoggingModule):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
+        self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
         if cfg.out_weight_share:
             self.lm_head.weight = self.token_embedding.weight  # one tensor, two uses
@@ -92,7 +94,10 @@ class Model(LoggingModule):
             mask = attention_mask(slots, key_slots, cfg.sliding_window, doc_ids, key_valid)
 
         for i, layer in enumerate(self.layers):
-            x = layer(x, rope, mask, cache, i)
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, i, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache, i)
         if cache is not None:
             cache.advance(T)
 

@@ -56,16 +56,13 @@ def clean_state_dict(state: dict) -> dict:
     return out
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    state = unwrap_model(model).state_dict()
-    # tied weights are one tensor under two names; safetensors stores each tensor once
-    seen, unique = set(), {}
-    for key, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        unique[key] = tensor.detach().contiguous().cpu()
-    atomic_write(path, lambda tmp: save_file(unique, tmp))
+def save_weights(model: torch.nn.Module, path: Path, state: dict | None = None) -> None:
+    """Save model.state_dict() (or a full `state` gathered from sharded ranks) as safetensors."""
+    model = unwrap_model(model)
+    state = clean_state_dict(state if state is not None else model.state_dict())
+    aliases = _tied_aliases(model)  # tied weights: one tensor under two names, stored once
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -112,7 +109,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 # --- resumable checkpoints ---------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict,
+                    model_state: dict | None = None) -> Path:
     """Write checkpoints/step_<step>/ completely, then point latest.json at it, then prune old ones.
     A kill at any moment leaves latest.json naming a complete checkpoint."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -120,7 +118,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     ckpt_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp_"))
     try:
-        save_weights(model, tmp / "model.safetensors")
+        save_weights(model, tmp / "model.safetensors", model_state)
         torch.save(state, tmp / "state.pt")
         if final.exists():
             shutil.rmtree(final)

@@ -1,0 +1,183 @@
+"""train.py: command line, run folder, exact resume (kill -9 included), non-finite loss, loss regression."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tools
+import train
+from training.checkpoint import latest_checkpoint
+from training.run_log import COLUMNS, TIMING_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = ROOT / "tests" / "baselines" / "loss_curve.json"
+
+
+def tiny_args(shared_data: Path, tmp_path: Path, name: str = "run", **extra) -> list[str]:
+    """A ~30k-parameter model on the TinyStories sample; a few seconds per run on 2 cores."""
+    settings = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, tokenizer="bpe_tinyStories",
+                    vocab_len=512, dataset=str(shared_data / "tinystories"), cache_dir=str(tmp_path / "cache"),
+                    micro_batch_size=4, max_iters=12, eval_interval=3, eval_samples=2, checkpoint_interval=4,
+                    warmup_iters=2, lr_max=3e-3, lr_min=3e-4, dtype="float32", device="cpu", model_name=name)
+    settings.update(extra)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture
+def trained_dir(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "trained"
+    monkeypatch.setattr(tools, "TRAINED_DIR", path)
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
+    return path
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log_data.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+def test_run_folder_holds_everything(shared_data, tmp_path, trained_dir):
+    assert train.main(tiny_args(shared_data, tmp_path)) == 0
+    run = trained_dir / "run"
+    for name in ("model_config.json", "train_config.json", "model.safetensors", "log_data.csv"):
+        assert (run / name).is_file(), name
+    rows = read_log(run)
+    assert list(rows[0]) == COLUMNS
+    assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
+    assert int(rows[-1]["tokens"]) == 12 * 4 * 32
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
+    assert all(float(r["tokens_per_sec"]) > 0 and float(r["grad_norm"]) > 0 for r in rows)
+    assert latest_checkpoint(run).name == "step_12"
+    saved = json.loads((run / "model_config.json").read_text())
+    assert saved["vocab_len"] == 512 and saved["head_dim"] == 8
+    # the saved weights are the best by validation loss and load back (never via pickle)
+    model, tokenizer, model_cfg, train_cfg = tools.load_model(run)
+    assert not model.training and train_cfg.model_name == "run"
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(shared_data, tmp_path, trained_dir, capsys):
+    args = tiny_args(shared_data, tmp_path, max_iters=3)
+    assert train.main(args) == 0
+    assert train.main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert train.main(args + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr_mx=1"], "Did you mean: lr_max"),
+    (["--dim=abc"], "not a valid int"),
+    (["--preset=nope"], "presets are"),
+    (["--resume"], "--model_name"),
+    (["--resume", "--overwrite", "--model_name=x"], "give one of them"),
+    (["positional"], "--key=value"),
+    (["--model_name=missing", "--resume"], "no model named"),
+    (["--anneal_type=exp"], "'cos', 'lin', 'wsd'"),
+])
+def test_cli_errors_are_one_clear_line(argv, message, trained_dir, capsys):
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_after_interrupted_checkpoint_write_is_exact(shared_data, tmp_path, trained_dir, monkeypatch):
+    """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one."""
+    assert train.main(tiny_args(shared_data, tmp_path, name="straight")) == 0
+
+    import training.checkpoint as ckpt
+    real_save, calls = torch.save, {"n": 0}
+
+    def crash_on_second_checkpoint(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(path).write_bytes(b"half a file")
+            raise KeyboardInterrupt  # the process dies here, mid-write
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", crash_on_second_checkpoint)
+    assert train.main(tiny_args(shared_data, tmp_path, name="crashed")) == 130
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert latest_checkpoint(trained_dir / "crashed").name == "step_4"
+    assert train.main(tiny_args(shared_data, tmp_path, name="crashed") + ["--resume"]) == 0
+    assert deterministic(read_log(trained_dir / "crashed")) == deterministic(read_log(trained_dir / "straight"))
+
+
+def test_kill_9_then_resume_gives_identical_log(shared_data, tmp_path, trained_dir):
+    """kill -9 at an arbitrary moment after the first checkpoint; --resume reproduces the log bit for bit."""
+    args = tiny_args(shared_data, tmp_path, max_iters=24, checkpoint_interval=5, eval_interval=4)
+    assert train.main(args[:-1] + ["--model_name=straight"]) == 0
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "train.py", *args[:-1], "--model_name=killed"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = trained_dir / "killed" / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while not pointer.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "train.py", *args[:-1], "--model_name=killed", "--resume"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming killed from step" in resumed.stdout
+    assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(shared_data, tmp_path, trained_dir, capsys):
+    assert train.main(tiny_args(shared_data, tmp_path, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
+                                checkpoint_interval=1, eval_interval=1)) == 2
+    err = capsys.readouterr().err
+    assert "loss became" in err and "last good checkpoint" in err
+    kept = latest_checkpoint(trained_dir / "run")
+    assert kept is not None
+    state = torch.load(kept / "state.pt", weights_only=True)
+    assert math.isfinite(state["best_val"])
+
+
+def test_config_flag_starts_a_new_run_from_saved_configs(shared_data, tmp_path, trained_dir):
+    assert train.main(tiny_args(shared_data, tmp_path, max_iters=3)) == 0
+    assert train.main([f"--config={trained_dir / 'run'}", "--model_name=child", "--qk_norm=true"]) == 0
+    child = json.loads((trained_dir / "child" / "model_config.json").read_text())
+    assert child["qk_norm"] is True and child["dim"] == 32
+
+
+def test_grad_accumulation_matches_a_bigger_micro_batch(shared_data, tmp_path, trained_dir):
+    """2 micro-batches of 4 accumulate to the same update as one batch of 8 (sequential data, no dropout)."""
+    common = dict(sampling="sequential", max_iters=6, eval_interval=3)
+    assert train.main(tiny_args(shared_data, tmp_path, name="big", micro_batch_size=8, **common)) == 0
+    assert train.main(tiny_args(shared_data, tmp_path, name="acc", micro_batch_size=4, grad_accum_steps=2,
+                                **common)) == 0
+    big, acc = read_log(trained_dir / "big"), read_log(trained_dir / "acc")
+    for a, b in zip(big, acc):  # (validation batches differ: they are micro_batch_size rows each)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
+        assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=1e-3)
+
+
+def test_loss_curve_matches_stored_baseline(shared_data, tmp_path, trained_dir):
+    """A change that silently makes learning worse fails here. Regenerate deliberately with
+    TEMPLATEGPT_UPDATE_BASELINE=1 when a change is meant to alter the curve."""
+    assert train.main(tiny_args(shared_data, tmp_path, max_iters=30, eval_interval=5, checkpoint_interval=30,
+                                sampling="random", seed=7)) == 0
+    curve = [float(r["val_loss"]) for r in read_log(trained_dir / "run")]
+    if os.environ.get("TEMPLATEGPT_UPDATE_BASELINE") == "1":
+        BASELINE.parent.mkdir(exist_ok=True)
+        BASELINE.write_text(json.dumps({"val_loss": curve}, indent=1) + "\n")
+    expected = json.loads(BASELINE.read_text())["val_loss"]
+    assert len(curve) == len(expected)
+    for got, want in zip(curve, expected):
+        assert got == pytest.approx(want, abs=0.02)
+    assert curve[-1] < curve[0] - 0.5  # and it really learns

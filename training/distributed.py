@@ -1,0 +1,93 @@
+"""Several processes under torchrun: DistributedDataParallel (replicas) or FSDP2 (sharded parameters).
+
+    torchrun --nproc_per_node=8 train.py ...          # one machine
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --nproc_per_node=8 train.py ...
+Without torchrun everything here is a no-op for a single process.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); single process otherwise."""
+    if "RANK" not in os.environ:
+        return Dist()
+    info = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: Dist) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def mean_across_ranks(value: torch.Tensor, info: Dist) -> torch.Tensor:
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= info.world_size
+    return value
+
+
+def wrap_model(model: nn.Module, info: Dist, parallel: str, device: torch.device) -> nn.Module:
+    """DDP replicates the model and averages gradients; FSDP2 shards each block's parameters."""
+    if not info.enabled:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+
+
+def grad_sync(model: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce on micro-steps before the last one of an accumulation."""
+    if enabled:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        return _reenable_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _reenable_sync(model):
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

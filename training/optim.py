@@ -1,0 +1,52 @@
+"""Optimizers: AdamW (fused where available), or Muon for hidden matrices with AdamW for the rest.
+Weight decay applies to matrices only, not to norms, biases or embeddings."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from config import TrainConfig
+
+
+def split_params(model: nn.Module) -> tuple[list, list, list]:
+    """(hidden matrices, embeddings and output head, norms and biases), each parameter once."""
+    matrices, embeddings, other = [], [], []
+    for name, param in model.named_parameters():  # tied weights appear once
+        if not param.requires_grad:
+            continue
+        if "embedding" in name or "lm_head" in name:
+            embeddings.append(param)
+        elif param.dim() >= 2:
+            matrices.append(param)
+        else:
+            other.append(param)
+    return matrices, embeddings, other
+
+
+def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # fused runs the whole update in one kernel per device (CUDA and CPU); MPS gets foreach
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.lr_max, betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon,
+                             fused=fused, foreach=None if fused else True)
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """One or two optimizers; every group has 'base_lr' so the schedule can scale it."""
+    matrices, embeddings, other = split_params(model)
+    if cfg.optimizer == "adamw":
+        groups = [dict(params=matrices, weight_decay=cfg.weight_decay, base_lr=cfg.lr_max),
+                  dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
+        return [_adamw([g for g in groups if g["params"]], cfg, device)]
+    # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/)
+    muon = torch.optim.Muon([dict(params=matrices, base_lr=cfg.muon_lr)], lr=cfg.muon_lr,
+                            weight_decay=cfg.weight_decay)
+    adam_groups = [dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
+    return [muon, _adamw(adam_groups, cfg, device)]
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float, cfg: TrainConfig) -> None:
+    """Scale every group's base lr by the schedule's lr / lr_max."""
+    scale = lr / cfg.lr_max
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
