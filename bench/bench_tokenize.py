@@ -1,0 +1,98 @@
+"""Tokenizer throughput and compression, one JSON object per line.
+
+    python bench/bench_tokenize.py [--repeats=3]
+
+For 'byte' and every bpe_tinyStories size, on the TinyStories train stories (a list of documents) and on
+Shakespeare (its paragraphs as documents, and the whole file as one string, which is how the data layer
+hands a .txt file over):
+  - encode MB/s, single-threaded (num_threads=1) and batched-parallel (all cores);
+  - decode MB/s (decode_batch);
+  - tokens per byte (compression; bits-per-byte = loss_per_token * tokens_per_byte / ln 2).
+MB are 10^6 UTF-8 bytes of text; times are the best of --repeats runs. The first line describes the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.tokenizer import _num_cpus, available_tokenizers, get_tokenizer  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def corpora() -> dict[str, list[str] | str]:
+    with (SHARED / "tinystories" / "train.jsonl").open(encoding="utf-8") as f:
+        stories = [json.loads(line)["text"] for line in f]
+    shakespeare = (SHARED / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    paragraphs = [p + "\n\n" for p in shakespeare.split("\n\n")]
+    return {"tinystories_train": stories, "shakespeare_paragraphs": paragraphs,
+            "shakespeare_one_string": shakespeare}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import sentencepiece
+
+    threads = _num_cpus()
+    emit(bench="tokenize", machine=cpu_model(), cpus=threads, load_avg_1min=round(os.getloadavg()[0], 2),
+         python=platform.python_version(), sentencepiece=sentencepiece.__version__, repeats=args.repeats)
+    toks = [get_tokenizer("byte")] + [get_tokenizer("bpe_tinyStories", n)
+                                      for n in available_tokenizers().get("bpe_tinyStories", [])]
+    for corpus, text in corpora().items():
+        docs = [text] if isinstance(text, str) else text
+        n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+        for tok in toks:
+            row = dict(bench="tokenize", tokenizer=tok.name, vocab_len=tok.vocab_len, corpus=corpus,
+                       docs=len(docs), megabytes=round(n_bytes / 1e6, 3))
+            if isinstance(text, str):  # one long string: encode(str) uses all cores when it is long
+                ids = tok.encode(text)
+                t = best_time(lambda: tok.encode(text), args.repeats)
+                emit(**row, mode="encode_one_string", threads=threads, mb_per_s=round(n_bytes / t / 1e6, 2),
+                     tokens_per_byte=round(len(ids) / n_bytes, 4))
+                continue
+            ids = tok.encode(docs)
+            tokens_per_byte = round(sum(map(len, ids)) / n_bytes, 4)
+            for mode, n in (("encode_1thread", 1), ("encode_batched", threads)):
+                t = best_time(lambda: tok.encode(docs, num_threads=n), args.repeats)
+                emit(**row, mode=mode, threads=n, mb_per_s=round(n_bytes / t / 1e6, 2),
+                     tokens_per_byte=tokens_per_byte)
+            t = best_time(lambda: tok.decode_batch(ids), args.repeats)
+            emit(**row, mode="decode_batch", threads=threads, mb_per_s=round(n_bytes / t / 1e6, 2),
+                 tokens_per_byte=tokens_per_byte)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data layer: tokenizers (data/tokenizer.py), document sources, pre-tokenization and batching."""
