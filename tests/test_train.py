@@ -1,7 +1,6 @@
 """train.py: command line, run folder, exact resume (kill -9 included), non-finite loss, loss regression."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -17,7 +16,8 @@ import torch
 import tools
 import train
 from training.checkpoint import latest_checkpoint
-from training.run_log import COLUMNS, TIMING_COLUMNS
+from training.run_log import COLUMNS
+from tests.helpers import deterministic, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "tests" / "baselines" / "loss_curve.json"
@@ -39,15 +39,6 @@ def trained_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(tools, "TRAINED_DIR", path)
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
     return path
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    with open(run_dir / "log_data.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def deterministic(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
 def test_run_folder_holds_everything(shared_data, tmp_path, trained_dir):
