@@ -1,0 +1,130 @@
+"""Data-layer throughput: pre-tokenization (cold and warm cache) and batch assembly.
+
+    python bench/bench_data.py                 # prints one JSON object per line
+    python bench/bench_data.py --measure-step  # also times a real ~1M-parameter training step
+
+Batch cost is also given as a fraction of one training step of a ~1M-parameter model (llama3_atto,
+batch 32 x 256): measured with --measure-step, otherwise an assumed 100 ms. Target: < 3 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from config import TrainConfig, build_configs  # noqa: E402
+from data.batches import TokenBatches  # noqa: E402
+from data.pretokenize import load_tokens  # noqa: E402
+from data.sources import iter_documents  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+CORPORA = {"tinystories": dict(dataset=str(SHARED / "tinystories")),
+           "shakespeare": dict(dataset=str(SHARED / "tinyshakespeare" / "input.txt"), val_fraction=0.1)}
+ASSUMED_STEP_S = 0.100
+
+
+def emit(**row) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def tokenizers() -> list:
+    out = [get_tokenizer("byte")]
+    try:
+        out.append(get_tokenizer("bpe_tinyStories", 1024))
+    except ValueError as e:  # not built on this machine
+        print(f"# skipping bpe_tinyStories: {e}", file=sys.stderr)
+    return out
+
+
+def bench_pretokenize(corpus: str, tokenizer, cache_dir: str, repeats: int) -> None:
+    cfg = TrainConfig(cache_dir=cache_dir, **CORPORA[corpus])
+    mb = sum(len(d.encode()) for d in iter_documents(cfg.dataset, "train", val_fraction=cfg.val_fraction)) / 1e6
+    cold = []
+    for r in range(repeats):  # a fresh cache folder each time: the full read + tokenize + write path
+        cfg_r = TrainConfig(cache_dir=f"{cache_dir}/cold{tokenizer.name}{r}", **CORPORA[corpus])
+        t0 = time.perf_counter()
+        tokens = load_tokens(cfg_r, tokenizer, "train", show_progress=False)
+        cold.append(time.perf_counter() - t0)
+    warm = []
+    for _ in range(max(5, repeats)):
+        t0 = time.perf_counter()
+        load_tokens(cfg_r, tokenizer, "train", show_progress=False)
+        warm.append(time.perf_counter() - t0)
+    best = min(cold)
+    emit(bench="pretokenize", corpus=corpus, tokenizer=f"{tokenizer.name}-{tokenizer.vocab_len}", mb=round(mb, 3),
+         tokens=len(tokens), cold_s=round(best, 4), mb_per_s=round(mb / best, 2),
+         tokens_per_s=round(len(tokens) / best), warm_load_ms=round(min(warm) * 1e3, 3))
+
+
+def measure_step_s(batch_size: int, seq_len: int) -> float:
+    """Median time of one forward+backward+AdamW step of llama3_atto on this CPU."""
+    import torch
+    from modules.model import Model
+    model_cfg, _ = build_configs({"max_seq_len": seq_len}, preset="llama3_atto")
+    model = Model(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, model_cfg.vocab_len, (batch_size, seq_len))
+    times = []
+    for i in range(6):
+        t0 = time.perf_counter()
+        _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])  # the first step warms up allocators
+    emit(bench="train_step", model="llama3_atto", params=sum(p.numel() for p in model.parameters()),
+         batch=batch_size, seq_len=seq_len, step_ms=round(times[len(times) // 2] * 1e3, 1))
+    return times[len(times) // 2]
+
+
+def bench_batches(tokens, batch_size: int, seq_len: int, step_s: float, step_source: str, bos_id: int) -> None:
+    for sampling in ("random", "sequential"):
+        for doc_masking in (False, True):
+            batches = TokenBatches(tokens, batch_size, seq_len, seed=0, sampling=sampling,
+                                   doc_masking=doc_masking, bos_id=bos_id)
+            for _ in range(20):
+                next(batches)
+            n, t0 = 2000, time.perf_counter()
+            for _ in range(n):
+                next(batches)
+            per = (time.perf_counter() - t0) / n
+            emit(bench="batches", sampling=sampling, doc_masking=doc_masking, batch=batch_size, seq_len=seq_len,
+                 batches_per_s=round(1 / per), us_per_batch=round(per * 1e6, 1),
+                 fraction_of_step=round(per / step_s, 5), step_ms=round(step_s * 1e3, 1), step=step_source)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="cold pre-tokenizations per case (best is reported)")
+    ap.add_argument("--measure-step", action="store_true", help="time a real llama3_atto step instead of 100 ms")
+    args = ap.parse_args()
+    import torch
+    emit(bench="machine", cpu=platform.processor() or platform.machine(), python=platform.python_version(),
+         torch=torch.__version__, threads=torch.get_num_threads())
+    with tempfile.TemporaryDirectory() as cache_dir:
+        toks = tokenizers()
+        list(iter_documents(CORPORA["tinystories"]["dataset"], "validation"))  # import `datasets` untimed
+        for corpus in CORPORA:
+            for tok in toks:
+                bench_pretokenize(corpus, tok, cache_dir, args.repeats)
+        tok = toks[-1]
+        cfg = TrainConfig(cache_dir=cache_dir, **CORPORA["tinystories"])
+        tokens = load_tokens(cfg, tok, "train", show_progress=False)
+        batch_size, seq_len = 32, 256
+        step_s, source = ASSUMED_STEP_S, "assumed"
+        if args.measure_step:
+            step_s, source = measure_step_s(batch_size, seq_len), "measured"
+        bench_batches(tokens, batch_size, seq_len, step_s, source, tok.bos_id)
+
+
+if __name__ == "__main__":
+    main()
