@@ -1,0 +1,394 @@
+"""Training-step throughput of any preset: the same optimizer step as train.py's inner loop, timed phase
+by phase, printed as one JSON line.
+
+    python bench/bench_train.py --preset=nanogpt_shakespeare
+    python bench/bench_train.py --preset=llama3_atto --dataset=../shared/data/tinystories --steps=30
+    python bench/bench_train.py --preset=nanogpt_shakespeare --compare-eager-compile
+    python bench/bench_train.py --preset=nanogpt_shakespeare --compare-dtypes
+    python bench/bench_train.py --preset=nanogpt_shakespeare --scaling      # ~1M/5M/25M x context 64/256/1024
+
+Any ModelConfig/TrainConfig field is an override (`--dim=256`, `--compile`, `--dtype=bfloat16`). Bench flags:
+  --steps=N (timed steps, default 100)  --warmup=N (default 10; compiled runs at least 3)
+  --budget_s=S   cap the timed steps so they take about S seconds (measured on the warm-up steps)
+  --threads=N    torch.set_num_threads before anything runs
+Experiment switches (default: exactly what train.py does; each one mimics a candidate change):
+  --adamw=fused|foreach|forloop   AdamW implementation (training/optim.py picks fused on CPU and CUDA)
+  --clip_foreach                  clip_grad_norm_(..., foreach=True)
+  --no_item                       skip the per-step `step_loss.item()` finiteness check
+  --no_log_io                     strip the @log_io wrappers from the model's forward methods
+  --compile_mode=MODE             torch.compile mode (default / max-autotune-no-cudagraphs / reduce-overhead)
+
+Output keys: preset, params, device, dtype, compile, threads, batch/seq_len/tokens_per_step, ms_per_iter
+(median) with ms_p10/ms_p90, tokens_per_sec (from the median), flops_per_token, mfu against the measured
+peak_flops (training.device.peak_flops for the dtype), peak_memory_mb (CPU: the process's peak resident
+set during the timed steps, VmHWM after resetting it; CUDA: max_memory_allocated), split_ms (mean per
+step: data, forward, backward, optimizer = clip + step + zero_grad, other = schedule, .item() check,
+loss bookkeeping, loop) with split_frac, and outside_frac = (data + other) / step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "adamw", "clip_foreach", "no_item",
+               "no_log_io", "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
+BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_compile", "compare_dtypes"}
+
+# the scaling table: (label, dim, layers, heads) x context, at a fixed number of tokens per step
+SCALING_SIZES = [("1M", 128, 5, 4), ("5M", 256, 6, 4), ("25M", 512, 8, 8)]
+SCALING_CONTEXTS = [64, 256, 1024]
+SCALING_TOKENS_PER_STEP = 4096
+SCALING_BUDGET_S = {"1M": 6.0, "5M": 12.0, "25M": 30.0}  # timed seconds per cell (the table: < ~10 min)
+
+
+# --- small helpers -------------------------------------------------------------------------------------
+def _flag(name: str, text: str) -> bool:
+    low = str(text).lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"--{name} is a flag: give it alone, or as --{name}=true/false")
+
+
+def _rss_status(field: str) -> float:
+    """VmHWM / VmRSS of this process in MB (Linux), NaN elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if len(values) == 1:
+        return values[0]
+    pos = q * (len(values) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _strip_log_io() -> None:
+    """Replace every @log_io-wrapped forward by the undecorated method (functools.wraps keeps it)."""
+    from modules import attention, layer, mlp, model, norm
+    for cls in (model.Model, layer.Layer, attention.SelfAttention, mlp.MLP, norm.Norm):
+        fn = cls.forward
+        if hasattr(fn, "__wrapped__"):
+            cls.forward = fn.__wrapped__
+
+
+def _rebuild_adamw(optimizers: list, impl: str) -> list:
+    """Same parameter groups and hyperparameters, another AdamW implementation."""
+    out = []
+    for opt in optimizers:
+        if not isinstance(opt, torch.optim.AdamW):
+            out.append(opt)
+            continue
+        d = opt.defaults
+        kind = dict(fused=dict(fused=True), foreach=dict(foreach=True), forloop=dict(foreach=False))[impl]
+        groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups]
+        out.append(torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                                     weight_decay=d["weight_decay"], **kind))
+    return out
+
+
+# --- train.py's step, timed phase by phase ------------------------------------------------------------
+class TrainStep:
+    """The model, optimizers and batches built exactly as train.py builds them for one process, and
+    `step()`: one optimizer step of train.py's inner loop, with perf_counter marks between phases."""
+
+    def __init__(self, overrides: dict, preset: str | None = None, adamw: str | None = None,
+                 clip_foreach: bool = False, no_item: bool = False, no_log_io: bool = False,
+                 compile_mode: str | None = None, max_steps: int = 1000):
+        import dataclasses
+        import io
+
+        from tqdm import tqdm
+
+        import tools
+        from config import build_configs
+        from data.batches import TokenBatches
+        from data.pretokenize import load_tokens
+        from modules.model import Model
+        from training import distributed
+        from training.device import pick_device, pick_dtype
+        from training.optim import build_optimizers
+
+        if no_log_io:
+            _strip_log_io()
+        model_cfg, cfg = build_configs(overrides, preset)
+        if model_cfg.vocab_len is None:
+            model_cfg = dataclasses.replace(model_cfg,
+                                            vocab_len=tools.get_tokenizer(model_cfg.tokenizer).vocab_len)
+        self.model_cfg, self.cfg, self.preset = model_cfg, cfg, preset
+        self.clip_foreach, self.no_item, self.adamw, self.compile_mode = clip_foreach, no_item, adamw, compile_mode
+        self.device = device = pick_device(cfg.device)
+        self.info = distributed.Dist()  # one process
+        self.dtype = pick_dtype(cfg.dtype, device)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = tools.get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
+        T = model_cfg.max_seq_len
+        self.tokens_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * T
+        needed = (max_steps + 2) * self.tokens_per_step + T + 1 if cfg.streaming else None
+        train_tokens = load_tokens(cfg, self.tokenizer, "train", max_tokens=needed, show_progress=False)
+        self.val_tokens = load_tokens(cfg, self.tokenizer, "validation", show_progress=False)
+        self.batches = TokenBatches(train_tokens, cfg.micro_batch_size, T, seed=cfg.seed, sampling=cfg.sampling,
+                                    device=device, doc_masking=cfg.doc_masking, bos_id=self.tokenizer.bos_id)
+        self.model = Model(model_cfg).to(device)
+        self.model.activation_checkpointing = cfg.activation_checkpointing
+        self.train_model = self.model
+        self.optimizers = build_optimizers(self.model, cfg, device)
+        if adamw is not None:
+            self.optimizers = _rebuild_adamw(self.optimizers, adamw)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model, **({"mode": compile_mode} if compile_mode else {}))
+        self.cuda = device.type == "cuda"
+        self.sync = torch.cuda.synchronize if self.cuda else (lambda: None)
+        self.interval_loss, self.interval_steps, self.interval_tokens = torch.zeros((), device=device), 0, 0
+        self.tokens_seen, self.step_index = 0, 0
+        # as train.py, the loop runs inside a tqdm bar (drawn here into a string nobody reads)
+        self._progress = tqdm(range(max_steps), file=io.StringIO(), dynamic_ncols=True)
+        self._bar = iter(self._progress)
+
+    def step(self) -> tuple[float, tuple]:
+        """One optimizer step; returns (seconds, (data, forward, backward, clip, optimizer) seconds)."""
+        from training import distributed
+        from training.device import autocast
+        from training.optim import set_lr
+        from training.schedule import lr_at
+
+        cfg, device, dtype, sync, now = self.cfg, self.device, self.dtype, self.sync, time.perf_counter
+        train_model, model, optimizers = self.train_model, self.model, self.optimizers
+        next(self._bar, None)
+        step = self.step_index
+        sync()
+        start = now()
+        # ---- train.py's step ----
+        lr = lr_at(step, cfg)
+        set_lr(optimizers, lr, cfg)
+        step_loss = torch.zeros((), device=device)
+        t_data = t_fwd = t_bwd = 0.0
+        for micro in range(cfg.grad_accum_steps):
+            t0 = now()
+            batch = next(self.batches)
+            t1 = now()
+            last_micro = micro == cfg.grad_accum_steps - 1
+            with distributed.grad_sync(train_model, last_micro):
+                with autocast(device, dtype):
+                    _, loss = train_model(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
+                sync()
+                t2 = now()
+                (loss / cfg.grad_accum_steps).backward()
+                sync()
+                t3 = now()
+            step_loss += loss.detach() / cfg.grad_accum_steps
+            t_data, t_fwd, t_bwd = t_data + t1 - t0, t_fwd + t2 - t1, t_bwd + t3 - t2
+        t4 = now()
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf,
+                                                        **({"foreach": True} if self.clip_foreach else {}))
+        sync()
+        t5 = now()
+        if not self.no_item and not math.isfinite(step_loss.item()):
+            raise RuntimeError(f"loss became {step_loss.item()} at step {step}")
+        t6 = now()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sync()
+        t7 = now()
+        self.interval_loss += step_loss
+        self.interval_steps += 1
+        self.interval_tokens += self.tokens_per_step
+        self.tokens_seen += self.tokens_per_step
+        end = now()
+        # ---- end of train.py's step ----
+        self.step_index += 1
+        self.last_loss = step_loss
+        return end - start, (t_data, t_fwd, t_bwd, t5 - t4, t7 - t6)
+
+    def evaluate_ms(self) -> float:
+        """One train.evaluate() call (eval_samples validation batches), in ms."""
+        from train import evaluate
+        start = time.perf_counter()
+        evaluate(self.train_model, self.val_tokens, self.model_cfg, self.cfg, self.info, self.device,
+                 self.dtype, self.tokenizer.bos_id)
+        return 1e3 * (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self._progress.close()
+
+
+# --- one benchmark -------------------------------------------------------------------------------------
+def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warmup: int = 10,
+              budget_s: float | None = None, **variants) -> dict:
+    """Time `steps` optimizer steps of train.py's loop after `warmup` ones; return the result row."""
+    from training.device import peak_flops
+
+    runner = TrainStep(overrides, preset, max_steps=warmup + max(steps, 3) + 10, **variants)
+    cfg, device, dtype = runner.cfg, runner.device, runner.dtype
+    if cfg.compile:
+        warmup = max(warmup, 3)  # the first steps compile forward, backward and the optimizer's graphs
+    warm_times = [runner.step()[0] for _ in range(warmup)]
+    if budget_s is not None and warm_times:  # scale the timed steps to the budget
+        per_step = statistics.median(warm_times[len(warm_times) // 2:])
+        steps = max(3, min(steps, int(budget_s / per_step)))
+    if runner.cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _rss_status("VmRSS")
+    reset_ok = _reset_peak_rss()
+    times, phases = [], []
+    for _ in range(steps):
+        seconds, parts = runner.step()
+        times.append(seconds)
+        phases.append(parts)
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
+    eval_ms = runner.evaluate_ms()
+    runner.close()
+
+    median, mean = statistics.median(times), statistics.fmean(times)
+    data_ms, fwd_ms, bwd_ms, clip_ms, opt_ms = (1e3 * statistics.fmean(p[i] for p in phases) for i in range(5))
+    optimizer_ms = clip_ms + opt_ms
+    other_ms = 1e3 * mean - (data_ms + fwd_ms + bwd_ms + optimizer_ms)
+    split = dict(data=data_ms, forward=fwd_ms, backward=bwd_ms, optimizer=optimizer_ms, other=other_ms)
+    peak = peak_flops(device.type, dtype)
+    model, T = runner.model, runner.model_cfg.max_seq_len
+    flops_per_token = model.flops_per_token(T)
+    tokens_per_sec = runner.tokens_per_step / median
+    return dict(
+        bench="train_step", preset=preset, params=model.get_num_params(),
+        non_embedding_params=model.get_num_params(non_embedding=True), device=device.type,
+        dtype=str(dtype).removeprefix("torch."), compile=cfg.compile, compile_mode=runner.compile_mode,
+        threads=torch.get_num_threads(), batch=cfg.micro_batch_size, grad_accum=cfg.grad_accum_steps,
+        seq_len=T, tokens_per_step=runner.tokens_per_step, steps=len(times), warmup=warmup,
+        ms_per_iter=round(1e3 * median, 3), ms_p10=round(1e3 * _quantile(times, 0.1), 3),
+        ms_p90=round(1e3 * _quantile(times, 0.9), 3), ms_mean=round(1e3 * mean, 3),
+        tokens_per_sec=round(tokens_per_sec, 1), flops_per_token=round(flops_per_token),
+        mfu=round(flops_per_token * tokens_per_sec / peak, 5), peak_flops=round(peak),
+        peak_memory_mb=round(peak_mem, 1),
+        peak_memory_delta_mb=None if runner.cuda or not reset_ok else round(peak_mem - rss_before, 1),
+        split_ms={k: round(v, 3) for k, v in split.items()},
+        split_frac={k: round(v / (1e3 * mean), 4) for k, v in split.items()},
+        clip_ms=round(clip_ms, 3), outside_frac=round((data_ms + other_ms) / (1e3 * mean), 4),
+        eval_ms=round(eval_ms, 1), eval_frac_amortized=round(eval_ms / (cfg.eval_interval * 1e3 * mean), 4),
+        variants=dict(adamw=runner.adamw, clip_foreach=runner.clip_foreach, no_item=runner.no_item,
+                      no_log_io=variants.get("no_log_io", False)),
+        torch=torch.__version__, load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+# --- several benchmarks, each in its own process -----------------------------------------------------
+def _subprocess_row(args: list[str]) -> dict:
+    """Run this script on `args` in a fresh process (clean peak memory, no shared compile caches)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return dict(bench="train_step", error=(proc.stderr or proc.stdout).strip().splitlines()[-1:],
+                    args=args)
+    return json.loads(lines[-1])
+
+
+def _emit(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+
+
+def _compare(base_args: list[str], key: str, values: list[str], extra: dict | None = None) -> list[dict]:
+    rows = []
+    for value in values:
+        args = [a for a in base_args if a.lstrip("-").split("=")[0] != key] + [f"--{key}={value}"]
+        args += [f"--{k}={v}" for k, v in (extra or {}).get(value, {}).items()]
+        row = _subprocess_row(args)
+        _emit(row)
+        rows.append(row)
+    ok = [r for r in rows if "ms_per_iter" in r]
+    if len(ok) == len(rows):
+        _emit(dict(bench="compare", key=key, values=values, ms_per_iter=[r["ms_per_iter"] for r in rows],
+                   speedup=round(rows[0]["ms_per_iter"] / rows[1]["ms_per_iter"], 3)))
+    return rows
+
+
+def scaling_table(base_args: list[str], preset: str) -> list[dict]:
+    rows = []
+    for label, dim, layers, heads in SCALING_SIZES:
+        for T in SCALING_CONTEXTS:
+            cell = dict(dim=dim, num_layers=layers, num_q_heads=heads, num_kv_heads=heads, head_dim="None",
+                        max_seq_len=T, micro_batch_size=SCALING_TOKENS_PER_STEP // T, grad_accum_steps=1)
+            args = [a for a in base_args if a.split("=")[0].lstrip("-") not in cell]
+            args += [f"--preset={preset}", *(f"--{k}={v}" for k, v in cell.items()),
+                     f"--budget_s={SCALING_BUDGET_S[label]}", "--warmup=2", "--steps=50"]
+            row = _subprocess_row(args)
+            row["cell"] = f"{label} x {T}"
+            _emit(row)
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from config import parse_cli
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    os.chdir(ROOT)  # presets give data paths relative to the project root
+    overrides, positional = parse_cli(argv)
+    if positional:
+        print(f"error: unexpected argument(s) {positional}: settings are given as --key=value", file=sys.stderr)
+        return 2
+    bench = {k: overrides.pop(k) for k in list(overrides) if k in BENCH_FLAGS}
+    for k in BOOL_FLAGS & bench.keys():
+        bench[k] = _flag(k, bench[k])
+    preset = bench.get("preset", "nanogpt_shakespeare")
+    base_args = [a for a in argv if a.lstrip("-").split("=")[0].replace("-", "_")
+                 not in ("scaling", "compare_eager_compile", "compare_dtypes")]
+    if "threads" in bench:
+        torch.set_num_threads(int(bench["threads"]))
+    if bench.get("scaling"):
+        scaling_table(base_args, preset)
+        return 0
+    if bench.get("compare_eager_compile"):
+        _compare(base_args, "compile", ["false", "true"])
+        return 0
+    if bench.get("compare_dtypes"):  # bf16 without AMX is very slow on CPU: fewer steps for it
+        slow = {"bfloat16": {"steps": 10, "warmup": 2}} if not torch.cuda.is_available() else {}
+        _compare(base_args, "dtype", ["float32", "bfloat16"], slow)
+        return 0
+    try:
+        row = run_bench(overrides, preset, steps=int(bench.get("steps", 100)), warmup=int(bench.get("warmup", 10)),
+                        budget_s=float(bench["budget_s"]) if "budget_s" in bench else None,
+                        adamw=bench.get("adamw"), clip_foreach=bench.get("clip_foreach", False),
+                        no_item=bench.get("no_item", False), no_log_io=bench.get("no_log_io", False),
+                        compile_mode=bench.get("compile_mode"))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _emit(dict(row, overrides=overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""A deliberately minimal, nanoGPT-style GPT training loop in plain PyTorch: the speed baseline that
+templateGPT's `nanogpt_shakespeare` preset is compared against on *this* machine.
+
+    python bench/reference_gpt.py                       # 2000 iters, ~1 min per 1000 iters on 2 cores
+    python bench/reference_gpt.py --max_iters=20 --eval_interval=10
+
+Same model and run as nanoGPT's CPU Shakespeare-char example: GPT-2 architecture without biases, 4 layers,
+4 heads, dim 128, context 64, batch 12, dropout 0, tied embeddings, AdamW (lr 1e-3, betas 0.9/0.99,
+weight decay 0.1 on 2-D tensors, not fused: nanoGPT fuses only on CUDA), 100 linear warmup steps then
+cosine to 1e-4 at max_iters, grad clip 1, float32. Data: the characters of tinyshakespeare/input.txt
+(ASCII, so characters = bytes), first 90% train, last 10% validation, random windows of 64 + 1.
+
+Prints one JSON line: median / p10 / p90 ms per training iteration (evaluation excluded), tokens/s, the
+final validation loss (nanoGPT's estimate: `eval_iters` random batches) and the loss over the whole
+validation split (every non-overlapping window, deterministic).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+# --- the model ---------------------------------------------------------------------------------------
+class BiaslessLayerNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(dim, 3 * dim, bias=False)  # q, k and v in one matmul
+        self.c_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        k = k.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        v = v.view(B, T, self.heads, C // self.heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.ln_1 = BiaslessLayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.ln_2 = BiaslessLayerNorm(dim)
+        self.c_fc = nn.Linear(dim, 4 * dim, bias=False)
+        self.mlp_proj = nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, block: int, layers: int, heads: int, dim: int):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = nn.Embedding(block, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.ln_f = BiaslessLayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+        for block_ in self.blocks:  # residual projections: smaller init (GPT-2)
+            for proj in (block_.attn.c_proj, block_.mlp_proj):
+                nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * layers))
+
+    def num_params(self) -> int:
+        """Without the position table, as nanoGPT reports it (0.80M for the Shakespeare-char model)."""
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+
+    def forward(self, idx, targets):
+        T = idx.size(1)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for block_ in self.blocks:
+            x = block_(x)
+        logits = self.lm_head(self.ln_f(x))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+# --- data, schedule, evaluation --------------------------------------------------------------------------
+def load_chars(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """nanoGPT's prepare.py: ids of the sorted distinct characters; first 90% train, last 10% val."""
+    text = path.read_text(encoding="utf-8")
+    stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
+    ids = np.array([stoi[ch] for ch in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    return ids[:n], ids[n:], len(stoi)
+
+
+def get_batch(data: np.ndarray, batch: int, block: int):
+    ix = torch.randint(len(data) - block, (batch,))
+    x = torch.stack([torch.from_numpy(data[i:i + block].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block].astype(np.int64)) for i in ix.tolist()])
+    return x, y
+
+
+def lr_at(it: int, args) -> float:
+    """nanoGPT's get_lr: linear warmup, cosine decay to min_lr at lr_decay_iters."""
+    if it < args.warmup_iters:
+        return args.lr * (it + 1) / (args.warmup_iters + 1)
+    if it > args.max_iters:
+        return args.min_lr
+    ratio = (it - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters)
+    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (args.lr - args.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model, data, args, iters: int) -> float:
+    model.eval()
+    losses = [model(*get_batch(data, args.batch_size, args.block_size)).item() for _ in range(iters)]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def full_val_loss(model, data, block: int, rows: int = 256) -> float:
+    """Mean loss over every non-overlapping window of the validation split (no sampling noise)."""
+    model.eval()
+    n = (len(data) - 1) // block
+    starts = np.arange(n) * block
+    total, count = 0.0, 0
+    for i in range(0, n, rows):
+        s = starts[i:i + rows, None] + np.arange(block + 1)
+        w = torch.from_numpy(data[s].astype(np.int64))
+        total += model(w[:, :-1], w[:, 1:]).item() * len(s)
+        count += len(s)
+    model.train()
+    return total / count
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between the sorted values (numpy's default)."""
+    values = sorted(values)
+    pos = q * (len(values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--max_iters", type=int, default=2000)
+    p.add_argument("--eval_interval", type=int, default=250)
+    p.add_argument("--eval_iters", type=int, default=200, help="random val batches per estimate (nanoGPT: 200)")
+    p.add_argument("--batch_size", type=int, default=12)
+    p.add_argument("--block_size", type=int, default=64)
+    p.add_argument("--n_layer", type=int, default=4)
+    p.add_argument("--n_head", type=int, default=4)
+    p.add_argument("--n_embd", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min_lr", type=float, default=1e-4)
+    p.add_argument("--warmup_iters", type=int, default=100)
+    p.add_argument("--weight_decay", type=float, default=0.1)
+    p.add_argument("--beta2", type=float, default=0.99)
+    p.add_argument("--grad_clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 leaves the default")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (nanoGPT's CPU run: off)")
+    p.add_argument("--full_val", action=argparse.BooleanOptionalAction, default=True,
+                   help="also report the loss over the whole validation split at the end")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.warmup_iters = min(args.warmup_iters, args.max_iters)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train_data, val_data, vocab = load_chars(args.data)
+    model = GPT(vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
+    decay = [p_ for p_ in model.parameters() if p_.dim() >= 2]
+    no_decay = [p_ for p_ in model.parameters() if p_.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, args.beta2))  # CPU default: for-loop, not fused
+    train_model = torch.compile(model) if args.compile else model
+    say(f"reference GPT: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab}, "
+        f"{torch.get_num_threads()} threads")
+
+    times, val_loss = [], float("nan")
+    x, y = get_batch(train_data, args.batch_size, args.block_size)
+    for it in range(args.max_iters):
+        t0 = time.perf_counter()
+        lr = lr_at(it, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = train_model(x, y)
+        x, y = get_batch(train_data, args.batch_size, args.block_size)  # next batch, as nanoGPT prefetches
+        loss.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_loss = loss.item()  # nanoGPT's CPU run logs every iteration (log_interval=1)
+        times.append(time.perf_counter() - t0)
+        done = it + 1
+        if done % args.eval_interval == 0 or done == args.max_iters:
+            val_loss = estimate_loss(train_model, val_data, args, args.eval_iters)
+            say(f"iter {done}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                f"median {1e3 * statistics.median(times):.2f} ms/iter")
+    full = full_val_loss(train_model, val_data, args.block_size) if args.full_val else None
+    timed = times[min(10, len(times) // 2):] or times  # leave out the first (warm-up) iterations
+    q = [_quantile(timed, 0.1), _quantile(timed, 0.9)]
+    median = statistics.median(timed)
+    row = dict(bench="reference_gpt", params=model.num_params(), vocab=vocab, threads=torch.get_num_threads(),
+               compile=args.compile, iters=args.max_iters, ms_per_iter=round(1e3 * median, 3),
+               ms_p10=round(1e3 * q[0], 3), ms_p90=round(1e3 * q[-1], 3),
+               tokens_per_sec=round(args.batch_size * args.block_size / median, 1),
+               train_loss=round(train_loss, 4), val_loss=round(val_loss, 4),
+               val_loss_full=None if full is None else round(full, 4), peak_rss_mb=round(peak_rss_mb(), 1),
+               load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    main()
