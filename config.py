@@ -314,7 +314,13 @@ def parse_value(cls, name: str, text: str):
                 return False
             raise ValueError
         if typ is int:
-            return int(float(text)) if float(text).is_integer() else int(text)
+            try:
+                return int(text)  # exact however long (a float would round e.g. a 20-digit seed)
+            except ValueError:
+                number = float(text)  # '1e3' -> 1000
+                if not number.is_integer():
+                    raise
+                return int(number)
         if typ is float:
             return float(text)
     except ValueError:

@@ -75,6 +75,8 @@ class Model(LoggingModule):
         start = cache.length if cache is not None else 0
         if start + T > cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
+        if cache is not None and start + T > cache.max_len:  # before the mask slices cache.key_valid
+            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
@@ -133,7 +135,9 @@ class Model(LoggingModule):
         attention scores and mixing over the keys each query sees on average (causal: about T/2)."""
         cfg = self.cfg
         T = seq_len or cfg.max_seq_len
-        matmul_params = self.get_num_params(non_embedding=True) + self.lm_head.weight.numel()
+        matmul_params = self.get_num_params(non_embedding=True)
+        if self.lm_head.weight is self.token_embedding.weight:  # tied: not counted above, still a matmul
+            matmul_params += self.lm_head.weight.numel()
         keys_seen = (T + 1) / 2 if cfg.sliding_window is None else min(cfg.sliding_window, (T + 1) / 2)
         attention = 2 * 2 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
         return 6 * matmul_params + 3 * attention

@@ -1,0 +1,517 @@
+"""modules/: each fast path against a slow, obvious reference written here (norms, MLP, attention, RoPE,
+KV cache), plus the logging switch."""
+import math
+import statistics
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from config import MLP_NONLINEARITIES, NORM_TYPES, POS_ENC_TYPES, ModelConfig
+from modules.attention import SelfAttention, attention_mask
+from modules.layer import Layer
+from modules.logging import LoggingModule
+from modules.mlp import MLP
+from modules.model import Model
+from modules.norm import Norm
+from modules.positional import RotaryEmbedding, SinusoidalEmbedding, apply_rope, rope_tables
+
+VOCAB = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronization (and jitter on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    base = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, vocab_len=VOCAB, max_seq_len=16)
+    return ModelConfig(**{**base, **kw})
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
+    """Random values everywhere (norm weights and biases too), so nothing is trivially 1 or 0."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, std).add_(1.0 if p.dim() == 1 else 0.0)
+    return module
+
+
+# --- Norm ---------------------------------------------------------------------------------------------
+def reference_norm(x, norm_type, eps, weight=None, bias=None):
+    x = x.double()
+    if norm_type == "RMSNorm":
+        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    elif norm_type == "LayerNorm":
+        centered = x - x.mean(-1, keepdim=True)
+        y = centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + eps)
+    else:
+        y = x / torch.sqrt((x * x).sum(-1, keepdim=True))
+    if weight is not None:
+        y = y * weight.double()
+    if bias is not None:
+        y = y + bias.double()
+    return y
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+@pytest.mark.parametrize("affine,bias", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("eps", [1e-6, 1e-2])
+def test_norm_matches_reference(norm_type, affine, bias, eps):
+    norm = Norm(24, norm_type, eps, affine=affine, bias=bias)
+    randomize_(norm)
+    x = torch.randn(3, 5, 24) * 3 + 0.5
+    y = norm(x)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    torch.testing.assert_close(y.double(), reference_norm(x, norm_type, eps, norm.weight, norm.bias),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_cosine_norm_gives_unit_norms():
+    norm = Norm(16, "CosineNorm", 1e-6, affine=False)
+    x = torch.randn(4, 7, 16) * torch.rand(4, 7, 1) * 100
+    torch.testing.assert_close(norm(x).norm(dim=-1), torch.ones(4, 7))
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_norm_weights_are_registered_parameters(norm_type):
+    norm = Norm(8, norm_type, 1e-6, affine=True, bias=True)
+    names = dict(norm.named_parameters())
+    assert set(names) == {"weight", "bias"} and all(isinstance(p, torch.nn.Parameter) for p in names.values())
+    assert set(norm.state_dict()) == {"weight", "bias"}
+    norm.to(torch.float64)
+    assert norm.weight.dtype == torch.float64 and norm.bias.dtype == torch.float64
+    norm.to("meta")  # a device move (no GPU here): the weights must follow
+    assert norm.weight.device.type == "meta" and norm.bias.device.type == "meta"
+
+
+def test_every_norm_weight_is_in_model_parameters():
+    cfg = tiny_cfg(norm_bias=True, qk_norm=True, second_resid_norm=True)
+    model = Model(cfg)
+    params = {id(p) for p in model.parameters()}
+    norms = [m for m in model.modules() if isinstance(m, Norm)]
+    assert len(norms) == cfg.num_layers * 6 + 1  # 4 residual norms + q/k norms per layer, final norm
+    for m in norms:
+        assert id(m.weight) in params
+        assert m.bias is None or id(m.bias) in params
+    # and an optimizer step changes them
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x = torch.randint(0, VOCAB, (2, 8))
+    model(x, x)[1].backward()
+    before = [m.weight.detach().clone() for m in norms]
+    opt.step()
+    assert all(not torch.equal(b, m.weight) for b, m in zip(before, norms))
+
+
+# --- MLP ----------------------------------------------------------------------------------------------
+REFERENCE_ACT = {
+    "GeLU": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
+    "SiLU": lambda x: x / (1 + torch.exp(-x)),
+    "ReLU": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
+}
+
+
+def reference_mlp(mlp: MLP, x: torch.Tensor, nonlinearity: str, gated: bool) -> torch.Tensor:
+    act = REFERENCE_ACT[nonlinearity]
+    w_up, b_up = mlp.up.weight, mlp.up.bias
+    hidden = mlp.down.weight.shape[1]
+    if gated:  # gate = first half of the up projection's rows, value = second half
+        gate = x @ w_up[:hidden].T + (0 if b_up is None else b_up[:hidden])
+        value = x @ w_up[hidden:].T + (0 if b_up is None else b_up[hidden:])
+        h = act(gate) * value
+    else:
+        h = act(x @ w_up.T + (0 if b_up is None else b_up))
+    return h @ mlp.down.weight.T + (0 if mlp.down.bias is None else mlp.down.bias)
+
+
+@pytest.mark.parametrize("nonlinearity", MLP_NONLINEARITIES)
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mlp_matches_reference(nonlinearity, gated, bias):
+    cfg = tiny_cfg(mlp_nonlinearity=nonlinearity, mlp_gated=gated, linear_bias=bias)
+    mlp = randomize_(MLP(cfg))
+    assert mlp.up.out_features == cfg.mlp_hidden_dim * (2 if gated else 1)
+    x = torch.randn(2, 5, cfg.dim)
+    torch.testing.assert_close(mlp(x), reference_mlp(mlp, x, nonlinearity, gated), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("nonlinearity", MLP_NONLINEARITIES)
+@pytest.mark.parametrize("gated", [False, True])
+def test_mlp_is_nonlinear(nonlinearity, gated):
+    mlp = randomize_(MLP(tiny_cfg(mlp_nonlinearity=nonlinearity, mlp_gated=gated)))
+    a, b = torch.randn(4, 32), torch.randn(4, 32)
+    zero = torch.zeros(4, 32)
+    additive = mlp(a) + mlp(b) - mlp(zero)
+    assert (mlp(a + b) - additive).abs().max() > 1e-2
+    assert (mlp(-a) + mlp(a) - 2 * mlp(zero)).abs().max() > 1e-2  # not odd either
+
+
+# --- attention reference ---------------------------------------------------------------------------
+def reference_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + D/2]) by positions * theta^(-2i/D), one pair at a time."""
+    D = x.shape[-1]
+    out = x.clone()
+    for i in range(D // 2):
+        angle = positions.double() * theta ** (-2 * i / D)  # (T,) or (B, T)
+        if angle.dim() == 2:
+            angle = angle[:, None, :]
+        c, s = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
+        a, b = x[..., i], x[..., i + D // 2]
+        out[..., i], out[..., i + D // 2] = a * c - b * s, a * s + b * c
+    return out
+
+
+def reference_mask(T, sliding_window=None, doc_ids=None, key_valid=None):
+    """(B or 1, T, T) boolean, written out by loops."""
+    B = 1 if doc_ids is None and key_valid is None else (doc_ids if doc_ids is not None else key_valid).shape[0]
+    mask = torch.zeros(B, T, T, dtype=torch.bool)
+    for b in range(B):
+        for i in range(T):
+            for j in range(T):
+                ok = j <= i
+                if sliding_window is not None:
+                    ok = ok and i - j < sliding_window
+                if doc_ids is not None:
+                    ok = ok and bool(doc_ids[b, i] == doc_ids[b, j])
+                if key_valid is not None:
+                    ok = (ok and bool(key_valid[b, j])) or i == j
+                mask[b, i, j] = ok
+    return mask
+
+
+def reference_attention(attn: SelfAttention, x, positions=None, theta=None, allowed=None):
+    """softmax(Q K^T / sqrt(d) + mask) V with K, V repeated for each query head of their group."""
+    B, T, _ = x.shape
+    Hq, Hkv, D = attn.num_q_heads, attn.num_kv_heads, attn.head_dim
+    W, bias = attn.qkv.weight, attn.qkv.bias
+    proj = x @ W.T + (0 if bias is None else bias)
+    q = proj[..., :Hq * D].reshape(B, T, Hq, D).transpose(1, 2)
+    k = proj[..., Hq * D:(Hq + Hkv) * D].reshape(B, T, Hkv, D).transpose(1, 2)
+    v = proj[..., (Hq + Hkv) * D:].reshape(B, T, Hkv, D).transpose(1, 2)
+    if attn.q_norm is not None:
+        q = reference_norm(q, "RMSNorm", attn.q_norm.eps, attn.q_norm.weight).to(x.dtype)
+        k = reference_norm(k, "RMSNorm", attn.k_norm.eps, attn.k_norm.weight).to(x.dtype)
+    if positions is not None:
+        q, k = reference_rope(q, positions, theta), reference_rope(k, positions, theta)
+    group = Hq // Hkv
+    k = torch.stack([k[:, h // group] for h in range(Hq)], dim=1)  # query head h uses kv head h // group
+    v = torch.stack([v[:, h // group] for h in range(Hq)], dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    if allowed is None:
+        allowed = reference_mask(T)
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    y = torch.softmax(scores, dim=-1) @ v  # (B, Hq, T, D)
+    y = y.transpose(1, 2).reshape(B, T, Hq * D)
+    return y @ attn.out.weight.T + (0 if attn.out.bias is None else attn.out.bias)
+
+
+HEADS = {"MHA": (4, 4), "GQA": (4, 2), "MQA": (4, 1)}
+
+
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("variant", ["plain", "window", "qk_norm", "rope", "rope+window+qk_norm+bias", "docs"])
+def test_sdpa_matches_reference(heads, variant):
+    q_heads, kv_heads = HEADS[heads]
+    cfg = tiny_cfg(num_q_heads=q_heads, num_kv_heads=kv_heads, qk_norm="qk_norm" in variant,
+                   sliding_window=3 if "window" in variant else None, linear_bias="bias" in variant)
+    attn = randomize_(SelfAttention(cfg).double(), std=0.2)
+    B, T = 2, 10
+    x = torch.randn(B, T, cfg.dim, dtype=torch.float64)
+    slots = torch.arange(T)
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 2, 2, 2]]) \
+        if variant == "docs" else None
+    mask = None
+    if cfg.sliding_window is not None or doc_ids is not None:
+        mask = attention_mask(slots, slots, cfg.sliding_window, doc_ids)
+    rope, positions = None, None
+    if "rope" in variant:
+        positions = slots
+        rope = tuple(t.double() for t in RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)(positions))
+    allowed = reference_mask(T, cfg.sliding_window, doc_ids)
+    expected = reference_attention(attn, x, positions, cfg.theta, allowed)
+    tol = 1e-6 if rope else 1e-10  # the RoPE tables are float32 by design
+    torch.testing.assert_close(attn(x, rope, mask), expected, atol=tol, rtol=tol)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    gqa = randomize_(SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=2)), std=0.2)
+    mha = SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=4))
+    D, dim = gqa.head_dim, 32
+    wq, wk, wv = gqa.qkv.weight.split(gqa.split_sizes)
+    repeat = lambda w: w.view(2, D, dim).repeat_interleave(2, dim=0).reshape(4 * D, dim)  # noqa: E731
+    with torch.no_grad():
+        mha.qkv.weight.copy_(torch.cat([wq, repeat(wk), repeat(wv)]))
+        mha.out.weight.copy_(gqa.out.weight)
+    x = torch.randn(2, 9, dim)
+    window = attention_mask(torch.arange(9), torch.arange(9), 4)
+    torch.testing.assert_close(gqa(x), mha(x), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gqa(x, mask=window), mha(x, mask=window), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_enable_gqa_equals_repeat_interleave(kv_heads):
+    q = torch.randn(2, 4, 7, 8)
+    k, v = torch.randn(2, kv_heads, 7, 8), torch.randn(2, kv_heads, 7, 8)
+    group = 4 // kv_heads
+    mask = attention_mask(torch.arange(7), torch.arange(7), 3)
+    for kw in (dict(is_causal=True), dict(attn_mask=mask)):
+        fast = F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+        slow = F.scaled_dot_product_attention(q, k.repeat_interleave(group, dim=1),
+                                              v.repeat_interleave(group, dim=1), **kw)
+        torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+
+
+# --- attention_mask truth tables ----------------------------------------------------------------------
+def grid(rows: str) -> torch.Tensor:
+    return torch.tensor([[c == "1" for c in row] for row in rows.split()])
+
+
+def test_mask_causal():
+    m = attention_mask(torch.arange(4), torch.arange(4))
+    assert m.shape == (1, 1, 4, 4)
+    assert torch.equal(m[0, 0], grid("1000 1100 1110 1111"))
+
+
+def test_mask_sliding_window():
+    m = attention_mask(torch.arange(5), torch.arange(5), sliding_window=2)
+    assert torch.equal(m[0, 0], grid("10000 11000 01100 00110 00011"))
+    m = attention_mask(torch.arange(5), torch.arange(5), sliding_window=1)
+    assert torch.equal(m[0, 0], torch.eye(5, dtype=torch.bool))
+
+
+def test_mask_doc_ids():
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 2, 2]])
+    m = attention_mask(torch.arange(5), torch.arange(5), doc_ids=doc_ids)
+    assert m.shape == (2, 1, 5, 5)
+    assert torch.equal(m[0, 0], grid("10000 11000 00100 00110 00111"))
+    assert torch.equal(m[1, 0], grid("10000 01000 01100 00010 00011"))
+    m = attention_mask(torch.arange(5), torch.arange(5), sliding_window=2, doc_ids=doc_ids)
+    assert torch.equal(m[0, 0], grid("10000 11000 00100 00110 00011"))
+
+
+def test_mask_key_valid_with_self_attend_fallback():
+    key_valid = torch.tensor([[False, False, True, True], [True, True, True, True]])  # row 0 left-padded
+    m = attention_mask(torch.arange(4), torch.arange(4), key_valid=key_valid)
+    # padding queries 0 and 1 see no valid key: they fall back to themselves (no NaN softmax)
+    assert torch.equal(m[0, 0], grid("1000 0100 0010 0011"))
+    assert torch.equal(m[1, 0], grid("1000 1100 1110 1111"))
+    assert m.any(-1).all()
+
+
+def test_mask_decode_step_against_cache():
+    # one new query at slot 4 over 5 cached keys
+    m = attention_mask(torch.tensor([4]), torch.arange(5))
+    assert torch.equal(m[0, 0], grid("11111"))
+    m = attention_mask(torch.tensor([4]), torch.arange(5), sliding_window=2)
+    assert torch.equal(m[0, 0], grid("00011"))
+    m = attention_mask(torch.tensor([4]), torch.arange(5), key_valid=torch.tensor([[False, True, True, True, True]]))
+    assert torch.equal(m[0, 0], grid("01111"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mask_matches_loop_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    T = 9
+    doc_ids = torch.randint(0, 3, (2, T), generator=g).sort(dim=1).values
+    key_valid = torch.rand(2, T, generator=g) > 0.3
+    for window in (None, 1, 3):
+        for docs in (None, doc_ids):
+            for valid in (None, key_valid):
+                m = attention_mask(torch.arange(T), torch.arange(T), window, docs, valid)
+                expected = reference_mask(T, window, docs, valid)
+                assert torch.equal(m[:, 0].expand_as(expected), expected)
+
+
+# --- RoPE ---------------------------------------------------------------------------------------------
+def rotate(x: torch.Tensor, pos: int, table) -> torch.Tensor:
+    cos, sin = table
+    return apply_rope(x, cos[pos:pos + 1], sin[pos:pos + 1])
+
+
+def test_rope_matches_reference():
+    cos, sin = rope_tables(16, 32, 10_000.0)
+    x = torch.randn(2, 3, 32, 16, dtype=torch.float64)
+    torch.testing.assert_close(apply_rope(x, cos.double(), sin.double()),
+                               reference_rope(x, torch.arange(32), 10_000.0), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("theta", [10_000.0, 500_000.0, 100.0])
+def test_rope_scores_depend_only_on_distance(theta):
+    table = tuple(t.double() for t in rope_tables(16, 64, theta))
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(m, n):
+        return (rotate(q, m, table) * rotate(k, n, table)).sum().item()
+
+    for m, n in [(5, 2), (2, 5), (7, 7), (10, 0)]:
+        reference = score(m, n)
+        for shift in (1, 3, 17, 40):
+            assert score(m + shift, n + shift) == pytest.approx(reference, abs=1e-5)  # float32 tables
+    # ...and it does depend on the distance
+    assert abs(score(5, 2) - score(5, 4)) > 1e-2
+
+
+def test_rope_preserves_norms():
+    cos, sin = rope_tables(32, 50, 10_000.0)
+    x = torch.randn(3, 4, 50, 32)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+
+def test_rope_batched_tables():
+    rope = RotaryEmbedding(16, 32, 10_000.0)
+    x = torch.randn(3, 2, 6, 16)
+    shared = torch.arange(4, 10)
+    cos, sin = rope(shared)  # (T, D/2)
+    cos_b, sin_b = rope(shared.expand(3, 6))  # (B, T, D/2), every row the same positions
+    assert cos.shape == (6, 8) and cos_b.shape == (3, 6, 8)
+    torch.testing.assert_close(apply_rope(x, cos_b, sin_b), apply_rope(x, cos, sin), atol=0, rtol=0)
+    # rows with different positions: row b rotated exactly as it would be alone
+    rows = torch.stack([torch.arange(0, 6), torch.arange(3, 9), torch.tensor([0, 0, 0, 1, 2, 3])])
+    out = apply_rope(x, *rope(rows))
+    for b in range(3):
+        torch.testing.assert_close(out[b:b + 1], apply_rope(x[b:b + 1], *rope(rows[b])))
+
+
+def test_sinusoidal_table():
+    table = SinusoidalEmbedding(8, 10).table
+    pos, i = 3, 2  # dims (2i, 2i+1) = sin, cos of pos / 10000^(2i/d)
+    angle = pos / 10_000 ** (2 * i / 8)
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+# --- KV cache -----------------------------------------------------------------------------------------
+CACHE_VARIANTS = {
+    **{pos: dict(pos_enc_type=pos) for pos in POS_ENC_TYPES},
+    "GQA": dict(num_kv_heads=2), "MQA": dict(num_kv_heads=1), "MHA": dict(num_kv_heads=4),
+    "sliding_window": dict(sliding_window=3),
+    "window+qk_norm+learnable": dict(sliding_window=4, qk_norm=True, pos_enc_type="learnable"),
+}
+
+
+@pytest.mark.parametrize("variant", list(CACHE_VARIANTS))
+def test_kv_cache_decode_matches_full_forward(variant):
+    model = Model(tiny_cfg(**CACHE_VARIANTS[variant])).eval()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        full, _ = model(ids)
+        cache = model.new_cache(batch_size=2)
+        prefill, _ = model(ids[:, :5], cache=cache)
+        steps = [prefill]
+        for t in range(5, 12):
+            step, _ = model(ids[:, t:t + 1], cache=cache)
+            steps.append(step)
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_kv_cache_last_only_prefill():
+    model = Model(tiny_cfg()).eval()
+    ids = torch.randint(0, VOCAB, (1, 8))
+    with torch.no_grad():
+        full, _ = model(ids)
+        last, _ = model(ids, cache=model.new_cache(1), last_only=True)
+    assert last.shape == (1, 1, VOCAB)
+    torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pos_enc_type", ["RoPE", "learnable"])
+def test_kv_cache_left_padded_batch(pos_enc_type):
+    """A short prompt left-padded in a batch decodes exactly as it does alone."""
+    model = Model(tiny_cfg(pos_enc_type=pos_enc_type)).eval()
+    long, short = torch.randint(0, VOCAB, (1, 6)), torch.randint(0, VOCAB, (1, 4))
+    nxt = torch.randint(0, VOCAB, (2, 1))
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 2, dtype=torch.long), short], dim=1)])
+    positions = torch.stack([torch.arange(6), torch.tensor([0, 0, 0, 1, 2, 3])])
+    with torch.no_grad():
+        cache = model.new_cache(2)
+        cache.key_valid[1, :2] = False
+        batch_prefill, _ = model(ids, positions=positions, cache=cache)
+        batch_step, _ = model(nxt, positions=torch.tensor([[6], [4]]), cache=cache)
+        for row, prompt, pad in ((0, long, 0), (1, short, 2)):
+            alone, _ = model(torch.cat([prompt, nxt[row:row + 1]], dim=1))
+            assert torch.isfinite(batch_prefill).all()
+            torch.testing.assert_close(batch_prefill[row, pad:], alone[0, :-1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(batch_step[row, 0], alone[0, -1], atol=1e-5, rtol=0)
+
+
+def test_kv_cache_overflow_raises():
+    model = Model(tiny_cfg()).eval()
+    with torch.no_grad():
+        cache = model.new_cache(1, max_len=6)
+        model(torch.randint(0, VOCAB, (1, 5)), cache=cache)
+        with pytest.raises(ValueError, match="KV cache holds 6"):
+            model(torch.randint(0, VOCAB, (1, 2)), cache=cache)
+        cache = model.new_cache(1)  # as long as max_seq_len: the model refuses the 17th token
+        model(torch.randint(0, VOCAB, (1, 16)), cache=cache)
+        with pytest.raises(ValueError, match="max_seq_len=16"):
+            model(torch.randint(0, VOCAB, (1, 1)), cache=cache)
+
+
+# --- logging ------------------------------------------------------------------------------------------
+def test_logging_prints_modules_and_shapes(capsys):
+    model = Model(tiny_cfg(num_layers=1)).enable_logging()
+    model(torch.randint(0, VOCAB, (2, 8)))
+    out = capsys.readouterr().out
+    for name in ("Model.forward", "Layer.forward", "SelfAttention.forward", "MLP.forward", "Norm.forward",
+                 "RotaryEmbedding.forward"):
+        assert f"> {name}" in out and f"< {name} out:" in out, name
+    assert "in  arg0: Tensor(2, 8) int64" in out                         # token ids
+    assert "Tensor(2, 8, 32) float32" in out                            # the residual stream
+    assert f"< Model.forward out: (Tensor(2, 8, {VOCAB}) float32" in out  # logits
+    assert "\n  > Layer.forward" in out  # nested calls are indented
+    model.enable_logging(False)
+    model(torch.randint(0, VOCAB, (2, 8)))
+    assert capsys.readouterr().out == ""
+
+
+def test_logging_off_by_default_prints_nothing(capsys):
+    model = Model(tiny_cfg())
+    x = torch.randint(0, VOCAB, (2, 8))
+    model(x, x)[1].backward()
+    assert capsys.readouterr().out == ""
+
+
+def test_logging_disabled_overhead():
+    """Disabled, @log_io must cost < 5% of a small model's forward + backward, measured against the same
+    model with every wrapper bypassed (the undecorated `forward.__wrapped__`)."""
+    classes = [Model, Layer, SelfAttention, MLP, Norm, RotaryEmbedding]
+    assert all(issubclass(c, LoggingModule) for c in classes)
+    decorated = {c: c.forward for c in classes}
+    plain = {c: c.forward.__wrapped__ for c in classes}
+    model = Model(tiny_cfg())
+    x = torch.randint(0, VOCAB, (2, 16))
+
+    def timed(forwards) -> float:
+        for c, f in forwards.items():
+            c.forward = f
+        t0 = time.thread_time()
+        model.zero_grad(set_to_none=True)
+        model(x, x)[1].backward()
+        return time.thread_time() - t0
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: far less jitter on a shared machine
+    try:
+        times = {"decorated": [], "plain": []}
+        for i in range(160):  # interleaved, so drifting machine load hits both alike
+            order = ("decorated", "plain") if i % 2 else ("plain", "decorated")
+            for name in order:
+                times[name].append(timed(decorated if name == "decorated" else plain))
+    finally:
+        torch.set_num_threads(threads)
+        for c, f in decorated.items():
+            c.forward = f
+    assert Model.forward is decorated[Model]
+
+    def fast(ts):  # load only ever adds time: compare the fastest quarter of each, after warm-up
+        ts = sorted(ts[10:])
+        return statistics.mean(ts[:len(ts) // 4])
+
+    overhead = fast(times["decorated"]) / fast(times["plain"]) - 1
+    assert overhead < 0.05, f"disabled logging costs {overhead:.1%}"
