@@ -75,6 +75,8 @@ class Model(LoggingModule):
         start = cache.length if cache is not None else 0
         if start + T > cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
+        if cache is not None and doc_ids is not None:
+            raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
         if cache is not None and start + T > cache.max_len:  # before the mask slices cache.key_valid
             raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
