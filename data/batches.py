@@ -57,6 +57,7 @@ class TokenBatches:
         self.rng = np.random.default_rng([self.seed, self.rank])  # random: each rank its own stream
         self.position = 0  # batches drawn (random) / windows drawn by this rank (sequential)
         self._offsets = np.arange(self.seq_len + 1)
+        self._data = np.asarray(tokens)  # plain ndarray view of the same memory: skips np.memmap overhead
 
     def __iter__(self):
         return self
@@ -70,7 +71,7 @@ class TokenBatches:
     def __next__(self) -> Batch:
         starts = self._starts()
         self.position += self.batch_size if self.sampling == "sequential" else 1
-        windows = self.tokens[starts[:, None] + self._offsets]  # one gather from the memmap
+        windows = self._data[starts[:, None] + self._offsets]  # one gather from the memmap
         inputs = windows[:, :-1].astype(np.int64)
         targets = windows[:, 1:].astype(np.int64)
         doc_ids = document_ids(inputs, self.bos_id) if self.doc_masking else None

@@ -134,6 +134,21 @@ def test_unreachable_hub_says_so_and_suggests_a_local_path(monkeypatch, tmp_path
         iter_documents(str(write_jsonl(tmp_path / "a.jsonl", DOCS)), data_subset="sample-10BT")
 
 
+def test_hub_failures_while_loading(monkeypatch, tmp_path):
+    import datasets
+    from datasets.exceptions import DatasetNotFoundError
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, subset=None: ["train"])
+    for raised, error, words in ((ConnectionError("Couldn't reach 'a/b' on the Hub (ConnectError)"), RuntimeError,
+                                  "could not reach"),
+                                 (DatasetNotFoundError("no such dataset"), FileNotFoundError, "neither a local path")):
+        def fail(*args, _raised=raised, **kwargs):
+            raise _raised
+        monkeypatch.setattr(datasets, "load_dataset", fail)
+        with pytest.raises(error, match=words):
+            list(iter_documents("a/b", "train", streaming=True))
+
+
 # ---- pre-tokenization ---------------------------------------------------------------------------------
 def test_packing_puts_every_token_in_exactly_one_place(shared_data, tmp_path):
     tok = ByteStandIn()
