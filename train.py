@@ -149,11 +149,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
     # data: rank 0 tokenizes into the cache, the others then read it
     T = model_cfg.max_seq_len
     tokens_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * T * info.world_size
-    needed = (cfg.max_iters + 1) * tokens_per_step + T + 1 if cfg.streaming else None
+    # streaming: tokenize only what this run will read (a longer run later extends the cache)
+    train_needed = (cfg.max_iters + 1) * tokens_per_step + T + 1 if cfg.streaming else None
+    val_needed = cfg.eval_samples * cfg.micro_batch_size * info.world_size * T + 1 if cfg.streaming else None
     for turn in ("main", "others"):
         if info.is_main == (turn == "main"):
-            train_tokens = load_tokens(cfg, tokenizer, "train", max_tokens=needed, show_progress=info.is_main)
-            val_tokens = load_tokens(cfg, tokenizer, "validation", show_progress=info.is_main)
+            train_tokens = load_tokens(cfg, tokenizer, "train", max_tokens=train_needed, show_progress=info.is_main)
+            val_tokens = load_tokens(cfg, tokenizer, "validation", max_tokens=val_needed,
+                                     show_progress=info.is_main)
         distributed.barrier(info)
     batches = TokenBatches(train_tokens, cfg.micro_batch_size, T, seed=cfg.seed, sampling=cfg.sampling,
                            rank=info.rank, world_size=info.world_size, device=device,

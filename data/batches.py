@@ -1,8 +1,10 @@
 """Training batches cut from a 1-D token stream, with a state that resumes the exact same stream.
 
 Each batch row is a window of seq_len + 1 tokens: inputs are the first seq_len, targets the last
-seq_len (inputs shifted by one). 'random' draws window starts from a seeded generator (one stream per
-rank); 'sequential' walks non-overlapping windows in order, rank r taking every world_size-th one.
+seq_len (inputs shifted by one). 'random' draws the starts of the whole global batch (all ranks) from one
+seeded generator and each rank keeps its own slice; 'sequential' walks non-overlapping windows in order,
+rank r taking every world_size-th one. Either way, n processes with batch b see exactly the rows that one
+process with batch n*b sees, so a multi-process run follows the single-process loss curve.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ class TokenBatches:
         self.device = torch.device(device)
         self.doc_masking, self.bos_id = doc_masking, bos_id
         self.num_windows = (len(tokens) - 1) // self.seq_len  # sequential: windows share one boundary token
-        self.rng = np.random.default_rng([self.seed, self.rank])  # random: each rank its own stream
+        self.rng = np.random.default_rng(self.seed)  # random: one global stream, sliced per rank
         self.position = 0  # batches drawn (random) / windows drawn by this rank (sequential)
         self._offsets = np.arange(self.seq_len + 1)
         self._data = np.asarray(tokens)  # plain ndarray view of the same memory: skips np.memmap overhead
@@ -64,7 +66,8 @@ class TokenBatches:
 
     def _starts(self) -> np.ndarray:
         if self.sampling == "random":
-            return self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+            starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size * self.world_size)
+            return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         ordinal = self.position + np.arange(self.batch_size)  # this rank's k-th window...
         return (ordinal * self.world_size + self.rank) % self.num_windows * self.seq_len  # ...globally
 

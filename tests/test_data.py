@@ -278,6 +278,17 @@ def test_random_sampling_is_seeded_and_ranks_differ():
     assert not torch.equal(draw(seed=1, rank=0, world_size=2), draw(seed=1, rank=1, world_size=2))
 
 
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_ranks_together_see_the_single_process_batch(sampling):
+    """n processes with batch b draw exactly the rows one process with batch n*b draws (same loss curve)."""
+    single = TokenBatches(TOKENS, 8, 16, seed=3, sampling=sampling)
+    ranks = [TokenBatches(TOKENS, 4, 16, seed=3, sampling=sampling, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(3):
+        rows = next(single).inputs
+        together = torch.cat([next(r).inputs for r in ranks])
+        assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, together.tolist()))
+
+
 def test_sequential_walks_windows_in_order_across_ranks():
     tokens = np.arange(41, dtype=np.uint16)  # 10 windows of 4 (+1 shared boundary token)
     firsts = lambda b: next(b).inputs[:, 0].tolist()

@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def settings(shared_data: Path, tmp_path: Path, **extra) -> list[str]:
     base = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, vocab_len=512,
                 dataset=str(shared_data / "tinystories"), cache_dir=str(tmp_path / "cache"), max_iters=6,
-                eval_interval=3, eval_samples=2, checkpoint_interval=3, warmup_iters=2, sampling="sequential",
-                device="cpu", dtype="float32")
+                eval_interval=3, eval_samples=2, checkpoint_interval=3, warmup_iters=2, device="cpu", dtype="float32")
     base.update(extra)
     return [f"--{k}={v}" for k, v in base.items()]
 
