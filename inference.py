@@ -226,8 +226,10 @@ def _decode_without_cache(model, rows, budget, out, temp, top_k, top_p, min_p, g
     active = list(range(len(rows)))
     while True:
         ids, valid, positions = _left_pad([rows[b] + out[b] for b in active], pad_id, device)
-        # doc_ids keep real tokens (1) and padding (0) from attending to each other: the explicit padding mask
-        logits, _ = model(ids, positions=positions, doc_ids=valid.long(), last_only=True)
+        # doc_ids keep real tokens (1) and padding (0) from attending to each other: the explicit padding mask.
+        # Without padding, leave it out so attention takes the plain causal kernel.
+        doc_ids = None if bool(valid.all()) else valid.long()
+        logits, _ = model(ids, positions=positions, doc_ids=doc_ids, last_only=True)
         tokens = sample(logits[:, -1], temp, top_k, top_p, min_p, generator)
         still = _record(tokens, active, out, budget, eos_id)
         if not still:
@@ -257,10 +259,19 @@ def generate(model, tokenizer, prompts: str | list[str], max_len: int = 100, tem
 # ---------------------------------------------------------------------------------------------------
 # Command line
 
-USAGE = ('usage: python inference.py MODEL "prompt" ["prompt" ...] [--temp=0.7] [--min_p=0.05] [--top_k=None] '
-         '[--top_p=None] [--max_len=100] [--show_tokens] [--seed=N] [--device=auto|cpu|cuda|mps] '
-         '[--dtype=auto|float32|bfloat16] [--num_samples=N]   (MODEL: a folder in trained/ or a path; '
-         'put -- before prompts that start with --)')
+USAGE = """usage: python inference.py MODEL "prompt" ["prompt" ...] [flags]
+  MODEL            a folder name in trained/, or a path to a run folder
+  --temp=0.7       temperature; 0 = greedy
+  --min_p=0.05     keep tokens with probability >= min_p * the top token's (None = off)
+  --top_k=None     keep the k most likely tokens
+  --top_p=None     keep the most likely tokens up to this total probability
+  --max_len=100    new tokens per prompt (fewer at eos or the end of the context)
+  --num_samples=1  continuations per prompt
+  --seed=None      make sampling reproducible
+  --show_tokens    also print each continuation split into tokens
+  --device=auto    auto | cpu | cuda | mps
+  --dtype=auto     auto | float32 | bfloat16
+  Put -- before prompts that start with --."""
 DEFAULTS = dict(temp=0.7, min_p=0.05, top_k=None, top_p=None, max_len=100, show_tokens=False, seed=None,
                 device="auto", dtype="auto", num_samples=1)
 

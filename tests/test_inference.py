@@ -214,7 +214,7 @@ def cli(*args):
 
 
 def test_cli_prints_each_prompt_with_its_continuation(run_dir):
-    code, out, err = cli(run_dir, "Hello", "The cat", "--temp=0", "--max_len=5", "--device=cpu")
+    code, out, err = cli(run_dir, "Hello", "The cat", "--temp=0", "--max_len=5", "--device=cpu", "--dtype=float32")
     assert code == 0, err
     assert "=== prompt 1/2: 'Hello'" in out and "=== prompt 2/2: 'The cat'" in out
     model, tok, _, _ = tools.load_model(run_dir)  # the texts are those of the library call
