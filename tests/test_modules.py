@@ -153,7 +153,7 @@ def test_mlp_is_nonlinear(nonlinearity, gated):
 
 # --- attention reference ---------------------------------------------------------------------------
 def reference_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate each pair (x[i], x[i + D/2]) by positions * theta^(-2i/D), one pair at a time."""
+    """Rotate each pair (x[2i], x[2i+1]) by positions * theta^(-2i/D), one pair at a time."""
     D = x.shape[-1]
     out = x.clone()
     for i in range(D // 2):
@@ -161,8 +161,8 @@ def reference_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> to
         if angle.dim() == 2:
             angle = angle[:, None, :]
         c, s = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
-        a, b = x[..., i], x[..., i + D // 2]
-        out[..., i], out[..., i + D // 2] = a * c - b * s, a * s + b * c
+        a, b = x[..., 2 * i], x[..., 2 * i + 1]
+        out[..., 2 * i], out[..., 2 * i + 1] = a * c - b * s, a * s + b * c
     return out
 
 
