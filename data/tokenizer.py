@@ -92,11 +92,18 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Text of one sequence of ids (list, 1-D torch tensor or numpy array). bos/eos/pad are dropped;
         byte sequences that are not valid UTF-8 become U+FFFD."""
-        return self._decode(self._check_list(ids))
+        if isinstance(ids, list):  # fast path: the backend checks types and range in C
+            try:
+                text = self._decode_unchecked(ids)
+                if isinstance(text, str):
+                    return text
+            except (TypeError, ValueError, IndexError, OverflowError):
+                pass  # specials to drop, or bad ids: the checked path handles or explains them
+        return self._decode_unchecked(self._check_ids(ids).tolist(), checked=True)
 
     def decode_batch(self, batch) -> list[str]:
         """decode() of each row of a 2-D tensor/array or a list of id lists."""
-        return [self.decode(row) for row in batch]
+        return [self.decode(row) for row in self._rows(batch)]
 
     def display(self, text: str) -> str:
         """How `text` splits into tokens: each token's text joined by '|', e.g. 'Once| upon| a| time'.
@@ -108,19 +115,18 @@ class Tokenizer:
     def token_bytes(self, ids) -> int:
         """UTF-8 bytes the ids stand for (the denominator of bits-per-byte). For ids that came from encode()
         this is exactly len(text.encode()); special tokens count 0."""
-        return int(self._id_bytes[self._check_array(ids)].sum())
+        return int(self._id_bytes[self._check_ids(ids)].sum())
 
     # ---- helpers ----
-    def _check_list(self, ids) -> list[int]:
-        """ids as a list of Python ints. A list of ints is checked without numpy (whose per-call overhead
-        dominates decoding short sequences); anything else goes through _check_array."""
-        if isinstance(ids, list) and all(type(i) is int for i in ids):
-            if ids and (min(ids) < 0 or max(ids) >= self.vocab_len):
-                self._check_array(ids)  # raises the out-of-range error
-            return ids
-        return self._check_array(ids).tolist()
+    def _rows(self, batch) -> list:
+        """The rows of a batch (2-D tensor/array or list of sequences) as lists."""
+        rows = batch.detach().cpu().tolist() if hasattr(batch, "detach") else (
+            batch.tolist() if isinstance(batch, np.ndarray) else list(batch))
+        if rows and isinstance(rows[0], (int, np.integer)):
+            raise ValueError(f"{self.name}.decode_batch takes a batch of sequences (2-D); use decode for one")
+        return rows
 
-    def _check_array(self, ids) -> np.ndarray:
+    def _check_ids(self, ids) -> np.ndarray:
         """ids as a 1-D int64 array, with a clear error for anything that is not valid token ids."""
         if hasattr(ids, "detach"):  # torch tensor, possibly on GPU (no torch import needed here)
             ids = ids.detach().cpu().numpy()
@@ -146,7 +152,8 @@ class Tokenizer:
     def _encode_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
         raise NotImplementedError
 
-    def _decode(self, ids: list[int]) -> str:
+    def _decode_unchecked(self, ids: list[int], checked: bool = False) -> str:
+        """Text of ids; may raise TypeError/ValueError/IndexError on bad ids unless `checked`."""
         raise NotImplementedError
 
     def _token_texts(self, ids: list[int]) -> list[str]:
@@ -168,10 +175,10 @@ class ByteTokenizer(Tokenizer):
     def _encode_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in texts]  # already memory-bound; threads would not help
 
-    def _decode(self, ids: list[int]) -> str:
-        if ids and max(ids) >= 256:
+    def _decode_unchecked(self, ids: list[int], checked: bool = False) -> str:
+        if checked and ids and max(ids) >= 256:
             ids = [i for i in ids if i < 256]  # drop bos/eos/pad
-        return bytes(ids).decode("utf-8", errors="replace")
+        return bytes(ids).decode("utf-8", errors="replace")  # bytes() rejects ids > 255 in C
 
     def _token_texts(self, ids: list[int]) -> list[str]:
         return [chr(i) if i < 128 else f"<0x{i:02X}>" for i in ids]
@@ -255,12 +262,15 @@ class SentencePieceTokenizer(Tokenizer):
             ids.extend(self._encode_one(part))
         return ids
 
-    def _decode(self, ids: list[int]) -> str:
+    def _decode_unchecked(self, ids: list[int], checked: bool = False) -> str:
         return self.sp.decode(ids)  # control pieces (bos/eos/pad) decode to ''
 
     def decode_batch(self, batch) -> list[str]:
-        rows = [self._check_list(row) for row in batch]
-        return self.sp.decode(rows, num_threads=_num_cpus()) if rows else []
+        rows = self._rows(batch)
+        try:
+            return self.sp.decode(rows, num_threads=_num_cpus()) if rows else []
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return [self.decode(row) for row in rows]  # the row-by-row path explains what is wrong
 
     def _token_texts(self, ids: list[int]) -> list[str]:
         return [self._piece_texts[i] for i in ids]

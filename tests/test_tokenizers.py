@@ -118,6 +118,12 @@ def test_decode_accepts_tensors_and_arrays():
             tok.decode([tok.vocab_len])
         with pytest.raises(ValueError, match="decode_batch"):
             tok.decode(torch.tensor([ids, ids]))
+        with pytest.raises(ValueError, match="decode_batch"):
+            tok.decode([ids, ids])
+        with pytest.raises(ValueError, match="use decode for one"):
+            tok.decode_batch(torch.tensor(ids))
+        with pytest.raises(ValueError, match="outside 0"):
+            tok.decode_batch([ids, [-1]])
         with pytest.raises(ValueError, match="integers"):
             tok.decode([1.5])
         with pytest.raises(ValueError, match="str or a list of str"):
