@@ -1,0 +1,123 @@
+"""The training loop's parts: LR schedule, optimizer groups, Muon, device and dtype choice, run log."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tools
+from config import ModelConfig, TrainConfig
+from modules.model import Model
+from training import device as devices
+from training.optim import build_optimizers, set_lr, split_params
+from training.run_log import RunLog
+from training.schedule import lr_at
+
+
+def schedule(**kw) -> list[float]:
+    cfg = TrainConfig(**{**dict(max_iters=100, warmup_iters=10, lr_init=0.0, lr_max=1.0, lr_min=0.1), **kw})
+    return tools.lr_schedule(cfg)
+
+
+@pytest.mark.parametrize("anneal_type", ["cos", "lin", "wsd"])
+def test_schedule_warms_up_then_anneals_to_lr_min(anneal_type):
+    lrs = schedule(anneal_type=anneal_type)
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:]))  # never rises after warmup
+    assert lrs[-1] < 0.2 and min(lrs[10:]) >= 0.1 - 1e-12  # the last step is one step short of lr_min
+    assert lr_at(100, TrainConfig(max_iters=100, warmup_iters=10, lr_max=1.0, lr_min=0.1)) == 0.1
+
+
+def test_schedule_shapes():
+    cos, lin, wsd = (schedule(anneal_type=a) for a in ("cos", "lin", "wsd"))
+    midpoint = 10 + 45
+    assert cos[midpoint] == pytest.approx(0.55, abs=1e-9)           # cosine halfway: (max+min)/2
+    assert lin[midpoint] == pytest.approx(0.55, abs=1e-9)
+    assert wsd[midpoint] == 1.0 and wsd[80] == 1.0 and wsd[95] < 0.5  # stable, then a late decay
+    assert cos[30] > lin[30]                                          # cosine stays high longer
+
+
+def test_warm_restarts_and_flat_tail():
+    lrs = schedule(num_restarts=1, T_mult=2.0, final_flat_iters=10)
+    # annealing spans 80 steps: cycles of 80/3 and 160/3 steps; the lr jumps back up at the restart
+    restart = 10 + math.ceil(80 / 3)
+    assert lrs[restart] > lrs[restart - 1] + 0.5
+    assert lrs[-10:] == [0.1] * 10
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = Model(ModelConfig(vocab_len=64, dim=32, num_layers=2, num_q_heads=4, linear_bias=True, norm_bias=True,
+                              pos_enc_type="learnable", out_weight_share=False))
+    matrices, embeddings, other = split_params(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() == 2 and "embedding" not in names[id(p)] and "lm_head" not in names[id(p)] for p in matrices)
+    assert {names[id(p)] for p in embeddings} == {"token_embedding.weight", "pos_embedding.weight", "lm_head.weight"}
+    assert all(p.dim() == 1 for p in other)  # norm weights/biases and linear biases
+    assert len(matrices) + len(embeddings) + len(other) == len(list(model.parameters()))
+    (opt,) = build_optimizers(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert all(decays[id(p)] == 0.1 for p in matrices)
+    assert all(decays[id(p)] == 0.0 for p in embeddings + other)
+
+
+def test_muon_trains_matrices_and_adamw_the_rest():
+    torch.manual_seed(0)
+    model = Model(ModelConfig(vocab_len=64, dim=32, num_layers=2, num_q_heads=4, max_seq_len=16))
+    cfg = TrainConfig(optimizer="muon", lr_max=3e-3, muon_lr=0.02)
+    muon, adamw = build_optimizers(model, cfg, torch.device("cpu"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert all(p.dim() == 2 for g in muon.param_groups for p in g["params"])
+    set_lr([muon, adamw], cfg.lr_max / 2, cfg)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.01) and adamw.param_groups[0]["lr"] == pytest.approx(1.5e-3)
+    x = torch.randint(0, 64, (8, 16))
+    losses = []
+    for _ in range(15):
+        _, loss = model(x, x)
+        loss.backward()
+        for opt in (muon, adamw):
+            opt.step()
+            opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+
+
+def test_auto_dtype_is_bfloat16_only_where_it_is_fast(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
+    assert devices.pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
+    assert devices.pick_dtype("auto", cpu) == torch.bfloat16
+    assert devices.pick_dtype("auto", torch.device("mps")) == torch.float32  # safe default on Apple GPUs
+    assert devices.pick_dtype("float32", cpu) == torch.float32
+    assert devices.pick_dtype("bfloat16", cpu) == torch.bfloat16
+
+
+def test_missing_devices_are_clear_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            devices.pick_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="MPS is not available"):
+            devices.pick_device("mps")
+    assert devices.pick_device("cpu").type == "cpu"
+
+
+def test_bfloat16_autocast_runs_a_training_step_on_cpu():
+    model = Model(ModelConfig(vocab_len=64, dim=32, num_layers=1, num_q_heads=4, max_seq_len=16))
+    x = torch.randint(0, 64, (2, 16))
+    with devices.autocast(torch.device("cpu"), torch.bfloat16):
+        logits, loss = model(x, x)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32  # loss computed in float32
+    loss.backward()
+    assert model.token_embedding.weight.grad.dtype == torch.float32    # weights stay float32
+
+
+def test_run_log_resume_drops_rows_after_the_checkpoint(tmp_path):
+    log = RunLog(tmp_path / "log.csv")
+    for step in (10, 20, 30):
+        log.append(dict(step=step, tokens=step * 8, elapsed_s=1.0, tokens_per_sec=2.0, train_loss=0.1 + step,
+                        val_loss=0.3, perplexity=1.3, lr=1e-3, grad_norm=0.5, mfu=0.01))
+    resumed = RunLog.resume(tmp_path / "log.csv", up_to_step=20)
+    assert [int(r["step"]) for r in resumed.rows] == [10, 20]
+    assert float(resumed.rows[0]["train_loss"]) == 10.1  # repr(float) round-trips exactly
