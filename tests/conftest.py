@@ -18,3 +18,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"test data not found at {SHARED_DATA}: ../shared/data must sit beside the project root")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy machine its spin-waits cost
+    up to 10x: modules of tiny-model tests opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

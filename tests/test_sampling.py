@@ -8,13 +8,7 @@ from inference import (apply_temperature, check_sampling, filter_logits, min_p_f
                        top_p_filter)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors gain nothing from intra-op threads, and on a busy machine their spin-waits cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits_of(probs):
