@@ -11,6 +11,10 @@ Any ModelConfig/TrainConfig field is an override (`--dim=256`, `--compile`, `--d
   --steps=N (timed steps, default 100)  --warmup=N (default 10; compiled runs at least 3)
   --budget_s=S   cap the timed steps so they take about S seconds (measured on the warm-up steps)
   --threads=N    torch.set_num_threads before anything runs
+  --pair="A;B;..."  paired comparison in one process: each variant is comma-separated switches and
+                 overrides ('base', 'adamw=foreach', 'threads=1', 'compile', 'no_log_io', or 'reference' for
+                 bench/reference_gpt.py's nanoGPT step, optionally 'reference,threads=1'); blocks of
+                 --block=25 steps alternate for --rounds=8 rounds so every variant sees the same load
 Experiment switches (default: exactly what train.py does; each one mimics a candidate change):
   --adamw=fused|foreach|forloop   AdamW implementation (training/optim.py picks fused on CPU and CUDA)
   --clip_foreach                  clip_grad_norm_(..., foreach=True)
@@ -23,7 +27,8 @@ Output keys: preset, params, device, dtype, compile, threads, batch/seq_len/toke
 peak_flops (training.device.peak_flops for the dtype), peak_memory_mb (CPU: the process's peak resident
 set during the timed steps, VmHWM after resetting it; CUDA: max_memory_allocated), split_ms (mean per
 step: data, forward, backward, optimizer = clip + step + zero_grad, other = schedule, .item() check,
-loss bookkeeping, loop) with split_frac, and outside_frac = (data + other) / step.
+loss bookkeeping, loop) with split_frac, and outside_frac = (data + other) / step. others_cpu_cores: CPU
+cores other processes kept busy during the timed steps (Linux): above ~0.2 the figures are contended.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "adamw", "clip_foreach", "no_item",
+BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "clip_foreach", "no_item",
                "no_log_io", "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
 BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_compile", "compare_dtypes"}
 
@@ -49,7 +54,7 @@ BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_
 SCALING_SIZES = [("1M", 128, 5, 4), ("5M", 256, 6, 4), ("25M", 512, 8, 8)]
 SCALING_CONTEXTS = [64, 256, 1024]
 SCALING_TOKENS_PER_STEP = 4096
-SCALING_BUDGET_S = {"1M": 6.0, "5M": 12.0, "25M": 30.0}  # timed seconds per cell (the table: < ~10 min)
+SCALING_BUDGET_S = {"1M": 10.0, "5M": 25.0, "25M": 50.0}  # timed seconds per cell (the table: < ~10 min)
 
 
 # --- small helpers -------------------------------------------------------------------------------------
@@ -83,6 +88,16 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _cpu_busy_s() -> float:
+    """CPU-seconds all processes on this machine have been busy (Linux /proc/stat), NaN elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def _quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     if len(values) == 1:
@@ -93,13 +108,14 @@ def _quantile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
-def _strip_log_io() -> None:
-    """Replace every @log_io-wrapped forward by the undecorated method (functools.wraps keeps it)."""
-    from modules import attention, layer, mlp, model, norm
-    for cls in (model.Model, layer.Layer, attention.SelfAttention, mlp.MLP, norm.Norm):
-        fn = cls.forward
+def _strip_log_io(model: torch.nn.Module) -> None:
+    """Give every module of `model` whose forward is @log_io-wrapped the undecorated method instead
+    (functools.wraps keeps it as __wrapped__); other models in the process are untouched."""
+    import types
+    for module in model.modules():
+        fn = type(module).forward
         if hasattr(fn, "__wrapped__"):
-            cls.forward = fn.__wrapped__
+            module.forward = types.MethodType(fn.__wrapped__, module)
 
 
 def _rebuild_adamw(optimizers: list, impl: str) -> list:
@@ -139,8 +155,6 @@ class TrainStep:
         from training.device import pick_device, pick_dtype
         from training.optim import build_optimizers
 
-        if no_log_io:
-            _strip_log_io()
         model_cfg, cfg = build_configs(overrides, preset)
         if model_cfg.vocab_len is None:
             model_cfg = dataclasses.replace(model_cfg,
@@ -161,6 +175,9 @@ class TrainStep:
                                     device=device, doc_masking=cfg.doc_masking, bos_id=self.tokenizer.bos_id)
         self.model = Model(model_cfg).to(device)
         self.model.activation_checkpointing = cfg.activation_checkpointing
+        self.no_log_io = no_log_io
+        if no_log_io:
+            _strip_log_io(self.model)
         self.train_model = self.model
         self.optimizers = build_optimizers(self.model, cfg, device)
         if adamw is not None:
@@ -253,7 +270,7 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     cfg, device, dtype = runner.cfg, runner.device, runner.dtype
     if cfg.compile:
         warmup = max(warmup, 3)  # the first steps compile forward, backward and the optimizer's graphs
-    warm_times = [runner.step()[0] for _ in range(warmup)]
+    warm_times = [runner.step()[0] for _ in range(warmup)]  # the first one includes any compilation
     if budget_s is not None and warm_times:  # scale the timed steps to the budget
         per_step = statistics.median(warm_times[len(warm_times) // 2:])
         steps = max(3, min(steps, int(budget_s / per_step)))
@@ -262,10 +279,14 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     rss_before = _rss_status("VmRSS")
     reset_ok = _reset_peak_rss()
     times, phases = [], []
+    busy0, own0, wall0 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     for _ in range(steps):
         seconds, parts = runner.step()
         times.append(seconds)
         phases.append(parts)
+    # CPU used by other processes while we ran, in cores: > ~0.2 means the timings are contended
+    busy1, own1, wall1 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
     eval_ms = runner.evaluate_ms()
     runner.close()
@@ -285,6 +306,7 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
         dtype=str(dtype).removeprefix("torch."), compile=cfg.compile, compile_mode=runner.compile_mode,
         threads=torch.get_num_threads(), batch=cfg.micro_batch_size, grad_accum=cfg.grad_accum_steps,
         seq_len=T, tokens_per_step=runner.tokens_per_step, steps=len(times), warmup=warmup,
+        first_step_ms=round(1e3 * warm_times[0], 1) if warm_times else None,
         ms_per_iter=round(1e3 * median, 3), ms_p10=round(1e3 * _quantile(times, 0.1), 3),
         ms_p90=round(1e3 * _quantile(times, 0.9), 3), ms_mean=round(1e3 * mean, 3),
         tokens_per_sec=round(tokens_per_sec, 1), flops_per_token=round(flops_per_token),
@@ -297,8 +319,81 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
         eval_ms=round(eval_ms, 1), eval_frac_amortized=round(eval_ms / (cfg.eval_interval * 1e3 * mean), 4),
         variants=dict(adamw=runner.adamw, clip_foreach=runner.clip_foreach, no_item=runner.no_item,
                       no_log_io=variants.get("no_log_io", False)),
+        others_cpu_cores=round(others_cores, 3), cpus=os.cpu_count(),
         torch=torch.__version__, load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         date=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+
+# --- paired comparison: variants alternate in one process ---------------------------------------------
+VARIANT_SWITCHES = {"adamw", "clip_foreach", "no_item", "no_log_io", "compile_mode"}
+
+
+def _parse_variant(spec: str) -> tuple[dict, dict, int | None]:
+    """'adamw=foreach,threads=1,compile' -> (TrainStep switches, config overrides, threads)."""
+    switches, overrides, threads = {}, {}, None
+    for token in filter(None, (t.strip() for t in spec.split(","))):
+        key, eq, value = token.partition("=")
+        key = key.strip().replace("-", "_")
+        value = value.strip() if eq else "true"
+        if key in ("base", "reference"):
+            continue
+        if key == "threads":
+            threads = int(value)
+        elif key in VARIANT_SWITCHES:
+            switches[key] = _flag(key, value) if key in BOOL_FLAGS else value
+        else:
+            overrides[key] = value
+    return switches, overrides, threads
+
+
+def run_pairs(specs: list[str], overrides: dict, preset: str | None, rounds: int = 8, block: int = 25,
+              warmup: int = 10) -> list[dict]:
+    """Build every variant of the preset's step (or 'reference': bench/reference_gpt.py's nanoGPT step),
+    then alternate blocks of `block` steps, rotating the order each round, so that all variants see the
+    same machine load; the first step of each block is dropped (cache refill). One row per variant."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    default_threads = torch.get_num_threads()
+    runners = []
+    for spec in specs:
+        switches, extra, threads = _parse_variant(spec)
+        torch.set_num_threads(threads or default_threads)
+        if spec.split(",")[0].strip() == "reference":
+            import reference_gpt
+            ref_args = [f"--{k}={v}" for k, v in extra.items()] + ["--quiet"]
+            runner = reference_gpt.Reference(reference_gpt.parse_args(ref_args))
+            step = runner.step
+            tokens = runner.args.batch_size * runner.args.block_size
+        else:
+            runner = TrainStep({**overrides, **extra}, preset,
+                               max_steps=warmup + rounds * block + 10, **switches)
+            step = (lambda r=runner: r.step()[0])
+            tokens = runner.tokens_per_step
+        n_warm = warmup + (3 if getattr(getattr(runner, "cfg", None), "compile", False) else 0)
+        for _ in range(n_warm):
+            step()
+        runners.append(dict(spec=spec, step=step, threads=threads or default_threads, tokens=tokens, times=[]))
+    busy0, own0, wall0 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    for r in range(rounds):
+        for i in range(len(runners)):
+            v = runners[(i + r) % len(runners)]
+            torch.set_num_threads(v["threads"])
+            block_times = [v["step"]() for _ in range(block)]
+            v["times"] += block_times[1:]
+    busy1, own1, wall1 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    torch.set_num_threads(default_threads)
+    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+    rows, first = [], None
+    for v in runners:
+        median = statistics.median(v["times"])
+        first = first or median
+        rows.append(dict(bench="pair", preset=preset, variant=v["spec"], threads=v["threads"],
+                         steps=len(v["times"]), ms_per_iter=round(1e3 * median, 3),
+                         ms_p10=round(1e3 * _quantile(v["times"], 0.1), 3),
+                         ms_p90=round(1e3 * _quantile(v["times"], 0.9), 3),
+                         tokens_per_sec=round(v["tokens"] / median, 1),
+                         speedup_vs_first=round(first / median, 4), others_cpu_cores=round(others, 3),
+                         load_avg=round(os.getloadavg()[0], 2), date=time.strftime("%Y-%m-%d %H:%M:%S")))
+    return rows
 
 
 # --- several benchmarks, each in its own process -----------------------------------------------------
@@ -328,7 +423,8 @@ def _compare(base_args: list[str], key: str, values: list[str], extra: dict | No
     ok = [r for r in rows if "ms_per_iter" in r]
     if len(ok) == len(rows):
         _emit(dict(bench="compare", key=key, values=values, ms_per_iter=[r["ms_per_iter"] for r in rows],
-                   speedup=round(rows[0]["ms_per_iter"] / rows[1]["ms_per_iter"], 3)))
+                   speedup_second_vs_first=round(rows[0]["ms_per_iter"] / rows[1]["ms_per_iter"], 3),
+                   first_step_ms=[r.get("first_step_ms") for r in rows], eval_ms=[r.get("eval_ms") for r in rows]))
     return rows
 
 
@@ -337,7 +433,8 @@ def scaling_table(base_args: list[str], preset: str) -> list[dict]:
     for label, dim, layers, heads in SCALING_SIZES:
         for T in SCALING_CONTEXTS:
             cell = dict(dim=dim, num_layers=layers, num_q_heads=heads, num_kv_heads=heads, head_dim="None",
-                        max_seq_len=T, micro_batch_size=SCALING_TOKENS_PER_STEP // T, grad_accum_steps=1)
+                        max_seq_len=T, micro_batch_size=SCALING_TOKENS_PER_STEP // T, grad_accum_steps=1,
+                        eval_samples=2)  # the eval timing only needs a couple of batches here
             args = [a for a in base_args if a.split("=")[0].lstrip("-") not in cell]
             args += [f"--preset={preset}", *(f"--{k}={v}" for k, v in cell.items()),
                      f"--budget_s={SCALING_BUDGET_S[label]}", "--warmup=2", "--steps=50"]
@@ -367,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
                  not in ("scaling", "compare_eager_compile", "compare_dtypes")]
     if "threads" in bench:
         torch.set_num_threads(int(bench["threads"]))
+    if "pair" in bench:
+        specs = [v.strip() for v in bench["pair"].split(";") if v.strip()]
+        for row in run_pairs(specs, overrides, preset, rounds=int(bench.get("rounds", 8)),
+                             block=int(bench.get("block", 25)), warmup=int(bench.get("warmup", 10))):
+            _emit(row)
+        return 0
     if bench.get("scaling"):
         scaling_table(base_args, preset)
         return 0
@@ -374,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         _compare(base_args, "compile", ["false", "true"])
         return 0
     if bench.get("compare_dtypes"):  # bf16 without AMX is very slow on CPU: fewer steps for it
-        slow = {"bfloat16": {"steps": 10, "warmup": 2}} if not torch.cuda.is_available() else {}
+        slow = {"bfloat16": {"steps": 5, "warmup": 1, "eval_samples": 2}} if not torch.cuda.is_available() else {}
         _compare(base_args, "dtype", ["float32", "bfloat16"], slow)
         return 0
     try:

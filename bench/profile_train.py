@@ -149,25 +149,32 @@ def run_py_spy(argv: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0 or not out.exists():
         return f"py-spy failed: {proc.stderr.strip()[-500:]}"
-    # raw format: 'frame;frame;... count' -> self samples per leaf frame, and inclusive per function
-    self_counts, incl, total = defaultdict(int), defaultdict(int), 0
+    # raw format: 'frame;frame;... count'. Keep the samples taken inside TrainStep.step (the timed
+    # steps, not imports or setup); attribute each to the step's line (its phase) and to its leaf frame.
+    self_counts, by_line, incl, total = defaultdict(int), defaultdict(int), defaultdict(int), 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        frames = stack.split(";")
+        inside = [i for i, f in enumerate(frames) if f.startswith("TrainStep.step (")]
+        if not inside:
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")
         self_counts[frames[-1]] += n
-        for f in set(frames):
+        by_line[frames[inside[0]]] += n
+        for f in set(frames[inside[0] + 1:]):
             incl[f] += n
-    lines = [f"py-spy: {total} samples"]
+    if not total:
+        return "py-spy: no samples inside TrainStep.step"
+    lines = [f"py-spy: {total} samples inside TrainStep.step (train.py's step), {args}"]
+    lines.append("  by line of the step (bench/bench_train.py, TrainStep.step):")
+    for f, n in sorted(by_line.items(), key=lambda kv: -kv[1])[:10]:
+        lines.append(f"    {100 * n / total:5.1f}%  {f}")
     lines.append("  top self (leaf) frames:")
     for f, n in sorted(self_counts.items(), key=lambda kv: -kv[1])[:15]:
         lines.append(f"    {100 * n / total:5.1f}%  {f}")
-    lines.append("  top inclusive frames in the project:")
-    ours = [(f, n) for f, n in incl.items() if str(ROOT) in f or "(train.py" in f or "(modules" in f]
-    for f, n in sorted(ours, key=lambda kv: -kv[1])[:15]:
+    lines.append("  top inclusive frames below the step:")
+    for f, n in sorted(incl.items(), key=lambda kv: -kv[1])[:20]:
         lines.append(f"    {100 * n / total:5.1f}%  {f}")
     return "\n".join(lines)
 

@@ -11,8 +11,9 @@ cosine to 1e-4 at max_iters, grad clip 1, float32. Data: the characters of tinys
 (ASCII, so characters = bytes), first 90% train, last 10% validation, random windows of 64 + 1.
 
 Prints one JSON line: median / p10 / p90 ms per training iteration (evaluation excluded), tokens/s, the
-final validation loss (nanoGPT's estimate: `eval_iters` random batches) and the loss over the whole
-validation split (every non-overlapping window, deterministic).
+final validation loss (nanoGPT's estimate: `eval_iters` random batches), the loss over the whole
+validation split (every non-overlapping window, deterministic), and others_cpu_cores: CPU cores other
+processes kept busy meanwhile (Linux; above ~0.2 the timings are contended).
 """
 from __future__ import annotations
 
@@ -164,6 +165,16 @@ def _quantile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
+def cpu_busy_s() -> float:
+    """CPU-seconds all processes have been busy (Linux /proc/stat): to tell whether others ran meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def peak_rss_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -174,7 +185,7 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--max_iters", type=int, default=2000)
@@ -199,43 +210,70 @@ def main(argv=None) -> dict:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.warmup_iters = min(args.warmup_iters, args.max_iters)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    return args
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    train_data, val_data, vocab = load_chars(args.data)
-    model = GPT(vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
-    decay = [p_ for p_ in model.parameters() if p_.dim() >= 2]
-    no_decay = [p_ for p_ in model.parameters() if p_.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, args.beta2))  # CPU default: for-loop, not fused
-    train_model = torch.compile(model) if args.compile else model
-    say(f"reference GPT: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab}, "
-        f"{torch.get_num_threads()} threads")
 
-    times, val_loss = [], float("nan")
-    x, y = get_batch(train_data, args.batch_size, args.block_size)
-    for it in range(args.max_iters):
+class Reference:
+    """The model, optimizer and data of one run; `step()` is one training iteration of nanoGPT's loop.
+    (bench_train.py --pair=...,reference alternates these steps with templateGPT's in one process.)"""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        torch.manual_seed(args.seed)
+        self.train_data, self.val_data, self.vocab = load_chars(args.data)
+        self.model = GPT(self.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
+        decay = [p_ for p_ in self.model.parameters() if p_.dim() >= 2]
+        no_decay = [p_ for p_ in self.model.parameters() if p_.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=args.lr, betas=(0.9, args.beta2))  # CPU default: for-loop
+        self.train_model = torch.compile(self.model) if args.compile else self.model
+        self.it, self.train_loss = 0, float("nan")
+        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size)
+
+    def step(self) -> float:
+        """One iteration; returns its seconds."""
+        args, optimizer, model = self.args, self.optimizer, self.model
         t0 = time.perf_counter()
-        lr = lr_at(it, args)
+        lr = lr_at(self.it, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = train_model(x, y)
-        x, y = get_batch(train_data, args.batch_size, args.block_size)  # next batch, as nanoGPT prefetches
+        loss = self.train_model(self.x, self.y)
+        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size)  # nanoGPT prefetches
         loss.backward()
         if args.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        train_loss = loss.item()  # nanoGPT's CPU run logs every iteration (log_interval=1)
-        times.append(time.perf_counter() - t0)
+        self.train_loss = loss.item()  # nanoGPT's CPU run logs every iteration (log_interval=1)
+        self.it += 1
+        return time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Reference(args)
+    model, train_model, val_data, vocab = run.model, run.train_model, run.val_data, run.vocab
+    say(f"reference GPT: {model.num_params() / 1e6:.2f}M parameters, vocab {vocab}, "
+        f"{torch.get_num_threads()} threads")
+
+    times, val_loss, eval_s = [], float("nan"), 0.0
+    busy0, own0, wall0 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    for it in range(args.max_iters):
+        times.append(run.step())
+        train_loss = run.train_loss
         done = it + 1
         if done % args.eval_interval == 0 or done == args.max_iters:
+            t_eval = time.perf_counter()
             val_loss = estimate_loss(train_model, val_data, args, args.eval_iters)
+            eval_s += time.perf_counter() - t_eval
             say(f"iter {done}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                 f"median {1e3 * statistics.median(times):.2f} ms/iter")
+    busy1, own1, wall1 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     full = full_val_loss(train_model, val_data, args.block_size) if args.full_val else None
     timed = times[min(10, len(times) // 2):] or times  # leave out the first (warm-up) iterations
     q = [_quantile(timed, 0.1), _quantile(timed, 0.9)]
@@ -245,7 +283,9 @@ def main(argv=None) -> dict:
                ms_p10=round(1e3 * q[0], 3), ms_p90=round(1e3 * q[-1], 3),
                tokens_per_sec=round(args.batch_size * args.block_size / median, 1),
                train_loss=round(train_loss, 4), val_loss=round(val_loss, 4),
-               val_loss_full=None if full is None else round(full, 4), peak_rss_mb=round(peak_rss_mb(), 1),
+               val_loss_full=None if full is None else round(full, 4),
+               train_s=round(sum(times), 2), eval_s=round(eval_s, 2), others_cpu_cores=round(others_cores, 3),
+               peak_rss_mb=round(peak_rss_mb(), 1),
                load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
     print(json.dumps(row), flush=True)
     return row
