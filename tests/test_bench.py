@@ -45,11 +45,25 @@ def test_bench_train_runs_two_steps_and_prints_the_expected_json(shared_data, tm
     assert any(p.name == "tokens.bin" for p in tmp_path.rglob("*")), "the data cache went elsewhere"
 
 
-def test_bench_train_rejects_an_unknown_field(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_train.py"), "--preset=nanogpt_shakespeare",
-                           "--dimm=32", f"--cache_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 2 and "dimm" in proc.stderr
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_train_rejects_an_unknown_field(tmp_path, capsys):
+    bench_train = _bench_module("bench_train")
+    assert bench_train.main(["--preset=nanogpt_shakespeare", "--dimm=32", f"--cache_dir={tmp_path}"]) == 2
+    assert "dimm" in capsys.readouterr().err
+
+
+def test_pair_variants_parse():
+    bench_train = _bench_module("bench_train")
+    assert bench_train._parse_variant("base") == ({}, {}, None)
+    assert bench_train._parse_variant("adamw=foreach, threads=1, compile, no_log_io") == (
+        {"adamw": "foreach", "no_log_io": True}, {"compile": "true"}, 1)
 
 
 def test_reference_gpt_runs_a_few_iterations(shared_data):
@@ -61,8 +75,11 @@ def test_reference_gpt_runs_a_few_iterations(shared_data):
         assert 0 < row[key] < 2 * math.log(65), (key, row[key])  # near log(65) ~ 4.17 untrained
 
 
-def test_profile_train_groups_the_step(shared_data, tmp_path):
-    row = run_json("profile_train.py", *TINY, "--steps=2", "--warmup=1", "--json", f"--cache_dir={tmp_path}")
+def test_profile_train_groups_the_step(shared_data, tmp_path, capsys):
+    profile_train = _bench_module("profile_train")
+    tiny = [a for a in TINY if not a.startswith("--threads")]  # in-process: leave pytest's threads alone
+    assert profile_train.main([*tiny, "--steps=2", "--warmup=1", "--json", f"--cache_dir={tmp_path}"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     groups = row["groups_ms"]
     assert {"matmul", "attention", "optimizer", "python overhead"} <= groups.keys()
     assert all(v >= 0 for v in groups.values())
