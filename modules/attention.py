@@ -53,9 +53,10 @@ class SelfAttention(LoggingModule):
             self.q_norm = self.k_norm = None
 
     @log_io
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, cache: KVCache | None = None, layer_idx: int = 0) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). mask None means plain causal attention (the fastest kernel)."""
+        """x (B, T, dim) -> (B, T, dim). mask None means plain causal attention (the fastest kernel)
+        or, for a single token decoded with a cache, attention to every cached key."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
         q = q.view(B, T, self.num_q_heads, self.head_dim).transpose(1, 2)   # (B, Hq, T, D)
@@ -64,12 +65,12 @@ class SelfAttention(LoggingModule):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
             k, v = k.to(q.dtype), v.to(q.dtype)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None,
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,  # one query sees every key it is given
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_kv_heads != self.num_q_heads)  # GQA: kv heads are shared, not copied
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -29,6 +29,10 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def all_valid(self) -> bool:
+        """True when no slot is padding (then attention needs no mask)."""
+        return bool(self.key_valid.all())
+
     def advance(self, num_positions: int) -> None:
         """Called by the model once every layer has written this step."""
         self.length += num_positions

@@ -91,8 +91,11 @@ class Model(LoggingModule):
         x = self.embed_dropout(x)
         rope = self.rope(positions) if self.rope is not None else None
 
-        mask = None  # None -> plain causal: SDPA's fastest path
-        if cache is not None or doc_ids is not None or cfg.sliding_window is not None:
+        # None -> plain causal attention, SDPA's fastest path. With a cache that holds no padding, a prefill
+        # from position 0 and a single new token (which sees everything cached) need no mask either.
+        mask = None
+        plain_cache = cache is None or ((start == 0 or T == 1) and cache.all_valid())
+        if not plain_cache or doc_ids is not None or cfg.sliding_window is not None:
             key_slots = torch.arange(start + T, device=input_ids.device)
             key_valid = cache.key_valid[:, :start + T] if cache is not None else None
             mask = attention_mask(slots, key_slots, cfg.sliding_window, doc_ids, key_valid)

@@ -20,34 +20,34 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[2i], x[2i+1]) of x (B, heads, T, D) by a position-dependent angle.
 
-    cos/sin are (T, D/2) when every row shares positions, or (B, T, D/2) when rows differ (padded batches).
-    Rotating q and k this way makes q.k depend only on their distance (https://arxiv.org/abs/2104.09864).
-    A pair is a complex number and the rotation one complex multiply: on CPU about 15x faster (forward and
-    backward) than rotating the two halves with real multiplies, cat and neg.
+    rotation holds cos + i*sin of those angles: (T, D/2) when every row shares positions, or (B, T, D/2)
+    when rows differ (padded batches). Rotating q and k this way makes q.k depend only on their distance
+    (https://arxiv.org/abs/2104.09864). A pair is a complex number and the rotation one complex multiply:
+    on CPU about 15x faster (forward and backward) than rotating two halves with real multiplies and cat.
     """
-    if cos.dim() == 3:
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    if rotation.dim() == 3:
+        rotation = rotation.unsqueeze(1)  # broadcast over heads
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no complex bf16 multiply
     pairs = torch.view_as_complex(work.reshape(*x.shape[:-1], -1, 2))
-    rotated = pairs * torch.complex(cos.to(work.dtype), sin.to(work.dtype))
-    return torch.view_as_real(rotated).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).type_as(x)
 
 
 class RotaryEmbedding(LoggingModule):
-    """Looks up the RoPE angles for given positions; attention applies them to q and k."""
+    """Looks up the RoPE rotations for given positions, once per forward; attention applies them to q and k."""
 
     def __init__(self, head_dim: int, max_len: int, theta: float):
         super().__init__()
         cos, sin = rope_tables(head_dim, max_len, theta)
+        # real buffers: model.to(torch.bfloat16) would drop the imaginary part of a complex one
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
     @log_io
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[positions], self.sin[positions]
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.complex(self.cos[positions].float(), self.sin[positions].float())
 
 
 class SinusoidalEmbedding(LoggingModule):

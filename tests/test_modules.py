@@ -225,10 +225,10 @@ def test_sdpa_matches_reference(heads, variant):
     rope, positions = None, None
     if "rope" in variant:
         positions = slots
-        rope = tuple(t.double() for t in RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)(positions))
+        rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)(positions).to(torch.complex128)
     allowed = reference_mask(T, cfg.sliding_window, doc_ids)
     expected = reference_attention(attn, x, positions, cfg.theta, allowed)
-    tol = 1e-6 if rope else 1e-10  # the RoPE tables are float32 by design
+    tol = 1e-6 if rope is not None else 1e-10  # the RoPE tables are float32 by design
     torch.testing.assert_close(attn(x, rope, mask), expected, atol=tol, rtol=tol)
 
 
@@ -324,13 +324,13 @@ def test_mask_matches_loop_reference(seed):
 # --- RoPE ---------------------------------------------------------------------------------------------
 def rotate(x: torch.Tensor, pos: int, table) -> torch.Tensor:
     cos, sin = table
-    return apply_rope(x, cos[pos:pos + 1], sin[pos:pos + 1])
+    return apply_rope(x, torch.complex(cos[pos:pos + 1], sin[pos:pos + 1]))
 
 
 def test_rope_matches_reference():
     cos, sin = rope_tables(16, 32, 10_000.0)
     x = torch.randn(2, 3, 32, 16, dtype=torch.float64)
-    torch.testing.assert_close(apply_rope(x, cos.double(), sin.double()),
+    torch.testing.assert_close(apply_rope(x, torch.complex(cos.double(), sin.double())),
                                reference_rope(x, torch.arange(32), 10_000.0), atol=1e-6, rtol=1e-6)
 
 
@@ -353,22 +353,22 @@ def test_rope_scores_depend_only_on_distance(theta):
 def test_rope_preserves_norms():
     cos, sin = rope_tables(32, 50, 10_000.0)
     x = torch.randn(3, 4, 50, 32)
-    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(apply_rope(x, torch.complex(cos, sin)).norm(dim=-1), x.norm(dim=-1))
 
 
 def test_rope_batched_tables():
     rope = RotaryEmbedding(16, 32, 10_000.0)
     x = torch.randn(3, 2, 6, 16)
     shared = torch.arange(4, 10)
-    cos, sin = rope(shared)  # (T, D/2)
-    cos_b, sin_b = rope(shared.expand(3, 6))  # (B, T, D/2), every row the same positions
-    assert cos.shape == (6, 8) and cos_b.shape == (3, 6, 8)
-    torch.testing.assert_close(apply_rope(x, cos_b, sin_b), apply_rope(x, cos, sin), atol=0, rtol=0)
+    rotation = rope(shared)  # (T, D/2)
+    rotation_b = rope(shared.expand(3, 6))  # (B, T, D/2), every row the same positions
+    assert rotation.shape == (6, 8) and rotation_b.shape == (3, 6, 8) and rotation.is_complex()
+    torch.testing.assert_close(apply_rope(x, rotation_b), apply_rope(x, rotation), atol=0, rtol=0)
     # rows with different positions: row b rotated exactly as it would be alone
     rows = torch.stack([torch.arange(0, 6), torch.arange(3, 9), torch.tensor([0, 0, 0, 1, 2, 3])])
-    out = apply_rope(x, *rope(rows))
+    out = apply_rope(x, rope(rows))
     for b in range(3):
-        torch.testing.assert_close(out[b:b + 1], apply_rope(x[b:b + 1], *rope(rows[b])))
+        torch.testing.assert_close(out[b:b + 1], apply_rope(x[b:b + 1], rope(rows[b])))
 
 
 def test_sinusoidal_table():
