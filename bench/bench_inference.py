@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+from bench.machine import cpu_name  # noqa: E402
 
 import tools  # noqa: E402
 from config import build_configs  # noqa: E402
@@ -29,14 +30,6 @@ BATCHES = (1, 8)
 OPTIONS = dict(max_len=256, threads=None, repeats=1)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def models_to_run(names: list[str]):

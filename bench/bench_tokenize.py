@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_name  # noqa: E402
 
 from data.tokenizer import _num_cpus, available_tokenizers, get_tokenizer  # noqa: E402
 
@@ -41,14 +42,6 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def corpora() -> dict[str, list[str] | str]:
@@ -67,7 +60,7 @@ def main() -> None:
     import sentencepiece
 
     threads = _num_cpus()
-    emit(bench="tokenize", machine=cpu_model(), cpus=threads, load_avg_1min=round(os.getloadavg()[0], 2),
+    emit(bench="tokenize", machine=cpu_name(), cpus=threads, load_avg_1min=round(os.getloadavg()[0], 2),
          python=platform.python_version(), sentencepiece=sentencepiece.__version__, repeats=args.repeats)
     toks = [get_tokenizer("byte")] + [get_tokenizer("bpe_tinyStories", n)
                                       for n in available_tokenizers().get("bpe_tinyStories", [])]
