@@ -40,7 +40,7 @@ def test_view_modules_notebook():
                          "< Norm.forward out: Tensor(2, 8, 32)"],
         "mlp = MLP(": ["> MLP.forward", "< MLP.forward out: Tensor(2, 8, 32)", "gated=True"],
         "rotary = RotaryEmbedding(": ["> RotaryEmbedding.forward", "in  arg0: Tensor(8,) int64",
-                                      "out: (Tensor(8, 4) float32 cpu"],
+                                      "out: Tensor(8, 4) complex64 cpu"],
         "attn = SelfAttention(": ["> SelfAttention.forward", "< SelfAttention.forward out: Tensor(2, 8, 32)"],
         "layer = Layer(": ["> Layer.forward", "  > SelfAttention.forward", "  > MLP.forward",
                            "< Layer.forward out: Tensor(2, 8, 32)"],
