@@ -6,6 +6,10 @@ by phase, printed as one JSON line.
     python bench/bench_train.py --preset=nanogpt_shakespeare --compare-eager-compile
     python bench/bench_train.py --preset=nanogpt_shakespeare --compare-dtypes
     python bench/bench_train.py --preset=nanogpt_shakespeare --scaling      # ~1M/5M/25M x context 64/256/1024
+    python bench/bench_train.py --pair="base;reference;compile;adamw=foreach"  # paired, one process
+
+On a shared machine, separate processes drift by +-15% between runs even when others_cpu_cores is ~0;
+compare variants with --pair (blocks alternate in one process) and read the ratios.
 
 Any ModelConfig/TrainConfig field is an override (`--dim=256`, `--compile`, `--dtype=bfloat16`). Bench flags:
   --steps=N (timed steps, default 100)  --warmup=N (default 10; compiled runs at least 3)
@@ -24,8 +28,10 @@ Experiment switches (default: exactly what train.py does; each one mimics a cand
 
 Output keys: preset, params, device, dtype, compile, threads, batch/seq_len/tokens_per_step, ms_per_iter
 (median) with ms_p10/ms_p90, tokens_per_sec (from the median), flops_per_token, mfu against the measured
-peak_flops (training.device.peak_flops for the dtype), peak_memory_mb (CPU: the process's peak resident
-set during the timed steps, VmHWM after resetting it; CUDA: max_memory_allocated), split_ms (mean per
+peak_flops (training.device.peak_flops for the dtype; on a CPU without AMX the bf16 peak is tiny, so bf16
+MFU is meaningless), peak_memory_mb (CPU: the whole process's peak resident set during the timed steps,
+VmHWM after resetting it, libraries included; peak_memory_delta_mb: above the RSS before the timed steps;
+CUDA: max_memory_allocated), first_step_ms (includes compilation), split_ms (mean per
 step: data, forward, backward, optimizer = clip + step + zero_grad, other = schedule, .item() check,
 loss bookkeeping, loop) with split_frac, and outside_frac = (data + other) / step. others_cpu_cores: CPU
 cores other processes kept busy during the timed steps (Linux): above ~0.2 the figures are contended.
@@ -54,7 +60,7 @@ BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_
 SCALING_SIZES = [("1M", 128, 5, 4), ("5M", 256, 6, 4), ("25M", 512, 8, 8)]
 SCALING_CONTEXTS = [64, 256, 1024]
 SCALING_TOKENS_PER_STEP = 4096
-SCALING_BUDGET_S = {"1M": 10.0, "5M": 25.0, "25M": 50.0}  # timed seconds per cell (the table: < ~10 min)
+SCALING_BUDGET_S = {"1M": 8.0, "5M": 15.0, "25M": 35.0}  # timed seconds per cell (the table: < ~10 min)
 
 
 # --- small helpers -------------------------------------------------------------------------------------
