@@ -52,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.machine import cpu_busy_s  # noqa: E402
+
 BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "clip_foreach", "no_item",
                "no_log_io", "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
 BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_compile", "compare_dtypes"}
@@ -92,16 +94,6 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def _cpu_busy_s() -> float:
-    """CPU-seconds all processes on this machine have been busy (Linux /proc/stat), NaN elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return float("nan")
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -285,13 +277,13 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     rss_before = _rss_status("VmRSS")
     reset_ok = _reset_peak_rss()
     times, phases = [], []
-    busy0, own0, wall0 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    busy0, own0, wall0 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     for _ in range(steps):
         seconds, parts = runner.step()
         times.append(seconds)
         phases.append(parts)
     # CPU used by other processes while we ran, in cores: > ~0.2 means the timings are contended
-    busy1, own1, wall1 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    busy1, own1, wall1 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
     eval_ms = runner.evaluate_ms()
@@ -378,14 +370,14 @@ def run_pairs(specs: list[str], overrides: dict, preset: str | None, rounds: int
         for _ in range(n_warm):
             step()
         runners.append(dict(spec=spec, step=step, threads=threads or default_threads, tokens=tokens, times=[]))
-    busy0, own0, wall0 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    busy0, own0, wall0 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     for r in range(rounds):
         for i in range(len(runners)):
             v = runners[(i + r) % len(runners)]
             torch.set_num_threads(v["threads"])
             block_times = [v["step"]() for _ in range(block)]
             v["times"] += block_times[1:]
-    busy1, own1, wall1 = _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+    busy1, own1, wall1 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     torch.set_num_threads(default_threads)
     others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     rows, first = [], None
