@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import tools
 from config import ModelConfig, TrainConfig, build_configs, parse_cli
+from data.sources import HubUnreachableError
 from modules.model import Model
 from training import distributed
 from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, write_json
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_cfg, train_cfg, run_dir, resume = parse_args(sys.argv[1:] if argv is None else argv)
         train(model_cfg, train_cfg, run_dir, resume)
-    except (TrainingError, ValueError, FileNotFoundError) as e:
+    except (TrainingError, ValueError, FileNotFoundError, HubUnreachableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

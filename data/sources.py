@@ -103,8 +103,12 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
     return Source(name=dataset, path=path, files=files, formats=formats)
 
 
-def _hub_error(dataset: str, err: Exception) -> RuntimeError:
-    return RuntimeError(f"could not reach the Hugging Face hub to load dataset {dataset!r} "
+class HubUnreachableError(RuntimeError):
+    """The Hugging Face hub could not be reached; the message says how to use local data instead."""
+
+
+def _hub_error(dataset: str, err: Exception) -> HubUnreachableError:
+    return HubUnreachableError(f"could not reach the Hugging Face hub to load dataset {dataset!r} "
                         f"({type(err).__name__}: {err}); it is not a local path either "
                         f"(looked in {Path.cwd()}). Check your connection, or if the dataset is already "
                         f"downloaded set HF_HUB_OFFLINE=1. {_LOCAL_HINT}")

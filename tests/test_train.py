@@ -128,6 +128,15 @@ def test_kill_9_then_resume_gives_identical_log(shared_data, tmp_path, trained_d
     assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
 
 
+def test_unreachable_hub_is_one_clear_line(tmp_path, trained_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once, as without a network
+    args = ["--dim=32", "--num_layers=1", "--vocab_len=512", "--dataset=someone/no-such-dataset",
+            f"--cache_dir={tmp_path / 'cache'}", "--max_iters=2", "--warmup_iters=0", "--model_name=hub"]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "could not reach the Hugging Face hub" in err and "--dataset=" in err and "Traceback" not in err
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(shared_data, tmp_path, trained_dir, capsys):
     assert train.main(tiny_args(shared_data, tmp_path, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
                                 checkpoint_interval=1, eval_interval=1)) == 2
