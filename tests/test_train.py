@@ -128,6 +128,14 @@ def test_kill_9_then_resume_gives_identical_log(shared_data, tmp_path, trained_d
     assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
 
 
+def test_corrupt_checkpoint_is_one_clear_line(shared_data, tmp_path, trained_dir, capsys):
+    assert train.main(tiny_args(shared_data, tmp_path, max_iters=4)) == 0
+    (latest_checkpoint(trained_dir / "run") / "state.pt").write_bytes(b"not a checkpoint")
+    assert train.main(tiny_args(shared_data, tmp_path, max_iters=4) + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt or not a checkpoint" in err and "--overwrite" in err and "Traceback" not in err
+
+
 def test_unreachable_hub_is_one_clear_line(tmp_path, trained_dir, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once, as without a network
     args = ["--dim=32", "--num_layers=1", "--vocab_len=512", "--dataset=someone/no-such-dataset",

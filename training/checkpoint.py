@@ -154,5 +154,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     try:
         return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means a corrupt or foreign file
-        raise ValueError(f"checkpoint state {path / 'state.pt'} is corrupt ({e}); "
+        # torch's own message runs to a page about weights_only; the type says enough
+        raise ValueError(f"checkpoint state {Path(path) / 'state.pt'} is corrupt or not a checkpoint "
+                         f"({type(e).__name__}); "
                          f"resume from an older checkpoints/step_* or start with --overwrite") from None
