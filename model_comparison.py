@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import tools
 from config import ModelConfig, TrainConfig
 
-DEFAULT_VAL_DATA = tools.ROOT.parent / "shared" / "data" / "tinystories" / "validation.jsonl"
+DEFAULT_VAL_DATA = tools.ROOT / "data" / "samples" / "tinystories" / "validation.jsonl"
 X_AXES = {"step": "step", "tokens": "training tokens", "elapsed_s": "wall time (s)", "flops": "training FLOPs"}
 IGNORE = -100  # target id of padding: cross_entropy's default ignore_index
 

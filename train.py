@@ -1,6 +1,6 @@
 """Train a model; everything about the run lands in trained/<model_name>/.
 
-    python train.py --preset=llama3_atto --dataset=../shared/data/tinystories
+    python train.py --preset=llama3_atto --dataset=data/samples/tinystories
     python train.py --preset=llama3_atto --model_name=my_run --max_iters=2000 --lr_max=3e-3
     python train.py --config=trained/my_run --model_name=my_run_2 --qk_norm=true   # start from a run's configs
     python train.py --model_name=my_run --resume                                  # continue a stopped run

@@ -25,7 +25,7 @@ from data.pretokenize import load_tokens  # noqa: E402
 from data.sources import iter_documents  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT / "data" / "samples"
 CORPORA = {"tinystories": dict(dataset=str(SHARED / "tinystories")),
            "shakespeare": dict(dataset=str(SHARED / "tinyshakespeare" / "input.txt"), val_fraction=0.1)}
 ASSUMED_STEP_S = 0.100

@@ -26,7 +26,7 @@ from bench.machine import cpu_name  # noqa: E402
 
 from data.tokenizer import _num_cpus, available_tokenizers, get_tokenizer  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT / "data" / "samples"
 
 
 def emit(**row) -> None:

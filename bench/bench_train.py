@@ -2,7 +2,7 @@
 by phase, printed as one JSON line.
 
     python bench/bench_train.py --preset=nanogpt_shakespeare
-    python bench/bench_train.py --preset=llama3_atto --dataset=../shared/data/tinystories --steps=30
+    python bench/bench_train.py --preset=llama3_atto --dataset=data/samples/tinystories --steps=30
     python bench/bench_train.py --preset=nanogpt_shakespeare --compare-eager-compile
     python bench/bench_train.py --preset=nanogpt_shakespeare --compare-dtypes
     python bench/bench_train.py --preset=nanogpt_shakespeare --scaling      # ~1M/5M/25M x context 64/256/1024

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from bench.machine import cpu_busy_s  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+DEFAULT_DATA = ROOT / "data" / "samples" / "tinyshakespeare" / "input.txt"
 
 
 # --- the model ---------------------------------------------------------------------------------------

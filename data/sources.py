@@ -23,8 +23,8 @@ _ROWS_PER_READ = 1000       # rows pulled from `datasets` per batch (columnar re
 _TXT_READ_CHARS = 1 << 22   # a .txt file split on doc_separator is read this many characters at a time
 _HOLDOUT_BLOCK = 1 << 16    # documents per block of held-out draws (independent of how we iterate)
 _LOCAL_HINT = ("To train on local data instead, point --dataset at a file or folder, e.g. "
-               "--dataset=../shared/data/tinystories (a folder with train.jsonl and validation.jsonl) or "
-               "--dataset=../shared/data/tinyshakespeare/input.txt.")
+               "--dataset=data/samples/tinystories (a folder with train.jsonl and validation.jsonl) or "
+               "--dataset=data/samples/tinyshakespeare/input.txt.")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ _MODEL_FILE = re.compile(r"^tokenizer_(\d+)\.model$")
 # The build flags of the BPE tokenizers this project knows about (without --sizes), for error messages.
 # A folder built by build_bpe.py also records its own flags in build.json, which takes precedence.
 BUILD_RECIPES = {
-    "bpe_tinyStories": "--dataset=../shared/data/tinystories --name=bpe_tinyStories",
+    "bpe_tinyStories": "--dataset=data/samples/tinystories --name=bpe_tinyStories",
     "bpe_fineweb-edu": "--dataset=HuggingFaceFW/fineweb-edu --data_subset=sample-10BT --streaming "
                        "--name=bpe_fineweb-edu",
     "bpe_fineweb": "--dataset=HuggingFaceFW/fineweb --data_subset=sample-10BT --streaming --name=bpe_fineweb",

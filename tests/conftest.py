@@ -1,11 +1,11 @@
-"""Shared fixtures. Real data lives in ../shared/data beside the project root (also in CI)."""
+"""Shared fixtures. Real data: the sample bundled in data/samples (the tests need nothing outside the repository)."""
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SAMPLE_DATA = ROOT / "data" / "samples"
 
 
 @pytest.fixture(autouse=True)
@@ -14,10 +14,10 @@ def _seed_and_threads():
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"test data not found at {SHARED_DATA}: ../shared/data must sit beside the project root")
-    return SHARED_DATA
+def sample_data() -> Path:
+    if not SAMPLE_DATA.is_dir():
+        pytest.fail(f"the bundled sample data is missing from {SAMPLE_DATA}: restore it with git checkout data/samples")
+    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="module")

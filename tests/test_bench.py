@@ -28,7 +28,7 @@ def run_json(script: str, *args: str, timeout: float = 120) -> dict:
     return json.loads(lines[-1])
 
 
-def test_bench_train_runs_two_steps_and_prints_the_expected_json(shared_data, tmp_path):
+def test_bench_train_runs_two_steps_and_prints_the_expected_json(sample_data, tmp_path):
     row = run_json("bench_train.py", *TINY, "--steps=2", "--warmup=1", f"--cache_dir={tmp_path}")
     assert TRAIN_KEYS <= row.keys(), TRAIN_KEYS - row.keys()
     assert row["steps"] == 2 and row["preset"] == "nanogpt_shakespeare"
@@ -66,7 +66,7 @@ def test_pair_variants_parse():
         {"adamw": "foreach", "no_log_io": True}, {"compile": "true"}, 1)
 
 
-def test_reference_gpt_runs_a_few_iterations(shared_data):
+def test_reference_gpt_runs_a_few_iterations(sample_data):
     row = run_json("reference_gpt.py", "--max_iters=4", "--eval_interval=2", "--eval_iters=2", "--n_layer=1",
                    "--n_embd=32", "--n_head=2", "--block_size=16", "--batch_size=2", "--threads=1", "--quiet")
     assert row["iters"] == 4 and row["vocab"] == 65 and row["params"] > 0
@@ -75,7 +75,7 @@ def test_reference_gpt_runs_a_few_iterations(shared_data):
         assert 0 < row[key] < 2 * math.log(65), (key, row[key])  # near log(65) ~ 4.17 untrained
 
 
-def test_profile_train_groups_the_step(shared_data, tmp_path, capsys):
+def test_profile_train_groups_the_step(sample_data, tmp_path, capsys):
     profile_train = _bench_module("profile_train")
     tiny = [a for a in TINY if not a.startswith("--threads")]  # in-process: leave pytest's threads alone
     assert profile_train.main([*tiny, "--steps=2", "--warmup=1", "--json", f"--cache_dir={tmp_path}"]) == 0

@@ -184,11 +184,11 @@ def test_load_runs_errors(tmp_path):
 
 
 # --- command line --------------------------------------------------------------------------------------
-def test_cli_writes_plots_and_table(tmp_path, shared_data, capsys):
+def test_cli_writes_plots_and_table(tmp_path, sample_data, capsys):
     # in-process (saves a torch import); test_cli_errors runs the real script in a subprocess
     a, b = make_run(tmp_path, "run_a"), make_run(tmp_path, "run_b", pos_enc_type="learnable")
     out = tmp_path / "out"
-    val = shared_data / "tinystories" / "validation.jsonl"
+    val = sample_data / "tinystories" / "validation.jsonl"
     assert mc.main([str(a), str(b), "--out", str(out), "--val_data", str(val), "--max_texts", "3"]) == 0
     stdout = capsys.readouterr().out
     names = {p.name for p in out.iterdir()}
@@ -242,8 +242,8 @@ def test_notebook_executes_headless(tmp_path, monkeypatch):
     assert any("text/html" in o.get("data", {}) and "bits_per_byte" in o["data"]["text/html"] for o in outputs)
 
 
-def test_load_texts(tmp_path, shared_data):
-    texts = mc.load_texts(shared_data / "tinystories" / "validation.jsonl", max_texts=5)
+def test_load_texts(tmp_path, sample_data):
+    texts = mc.load_texts(sample_data / "tinystories" / "validation.jsonl", max_texts=5)
     assert len(texts) == 5 and all(isinstance(t, str) and t for t in texts)
     assert len(mc.load_texts()) == 80  # the default: all of the local TinyStories validation file
     (tmp_path / "t.json").write_text(json.dumps(["first", {"text": "second"}, ""]))

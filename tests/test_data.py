@@ -47,8 +47,8 @@ def write_jsonl(path, docs, field="text"):
 
 
 # ---- sources ------------------------------------------------------------------------------------------
-def test_shakespeare_validation_is_exactly_the_last_ten_percent(shared_data):
-    path = shared_data / "tinyshakespeare" / "input.txt"
+def test_shakespeare_validation_is_exactly_the_last_ten_percent(sample_data):
+    path = sample_data / "tinyshakespeare" / "input.txt"
     text = path.read_text()
     n = len(text)
     train = list(iter_documents(str(path), "train", val_fraction=0.1))
@@ -85,8 +85,8 @@ def test_table_files_give_the_same_documents(tmp_path, suffix):
     assert val == reference and sorted(train + val) == sorted(DOCS)
 
 
-def test_folder_split_files_are_the_splits(shared_data, tmp_path):
-    folder = shared_data / "tinystories"
+def test_folder_split_files_are_the_splits(sample_data, tmp_path):
+    folder = sample_data / "tinystories"
     assert has_validation_split(str(folder))
     train = list(iter_documents(str(folder), "train"))
     val = list(iter_documents(str(folder), "validation"))
@@ -128,7 +128,7 @@ def test_unreachable_hub_says_so_and_suggests_a_local_path(monkeypatch, tmp_path
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # what no network looks like, but instant
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RuntimeError, match="could not reach the Hugging Face hub.*--dataset=../shared/data/tinystories"):
+    with pytest.raises(RuntimeError, match="could not reach the Hugging Face hub.*--dataset=data/samples/tinystories"):
         list(iter_documents("noanabeshima/TinyStoriesV2", "train"))
     with pytest.raises(ValueError, match="data_subset"):
         iter_documents(str(write_jsonl(tmp_path / "a.jsonl", DOCS)), data_subset="sample-10BT")
@@ -150,9 +150,9 @@ def test_hub_failures_while_loading(monkeypatch, tmp_path):
 
 
 # ---- pre-tokenization ---------------------------------------------------------------------------------
-def test_packing_puts_every_token_in_exactly_one_place(shared_data, tmp_path):
+def test_packing_puts_every_token_in_exactly_one_place(sample_data, tmp_path):
     tok = ByteStandIn()
-    c = cfg(tmp_path, shared_data / "tinystories")
+    c = cfg(tmp_path, sample_data / "tinystories")
     for split in ("train", "validation"):
         tokens = load_tokens(c, tok, split, show_progress=False)
         docs = list(iter_documents(c.dataset, split))
@@ -163,13 +163,13 @@ def test_packing_puts_every_token_in_exactly_one_place(shared_data, tmp_path):
 
 
 @pytest.mark.parametrize("name, vocab", [("byte", None), ("bpe_tinyStories", 1024)])
-def test_real_tokenizers(shared_data, tmp_path, name, vocab):
+def test_real_tokenizers(sample_data, tmp_path, name, vocab):
     from data.tokenizer import get_tokenizer
     try:
         tok = get_tokenizer(name, vocab)
     except ValueError as e:
         pytest.skip(f"tokenizer not built here: {e}")
-    c = cfg(tmp_path, shared_data / "tinystories")
+    c = cfg(tmp_path, sample_data / "tinystories")
     tokens = load_tokens(c, tok, "validation", show_progress=False)
     np.testing.assert_array_equal(tokens, packed(list(iter_documents(c.dataset, "validation")), tok))
     assert tok.name in cache_folder(c, tok, "validation").name

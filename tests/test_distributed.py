@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SAMPLE_DATA
 from tests.helpers import deterministic, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings(shared_data: Path, tmp_path: Path, **extra) -> list[str]:
+def settings(sample_data: Path, tmp_path: Path, **extra) -> list[str]:
     base = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, vocab_len=512,
-                dataset=str(shared_data / "tinystories"), cache_dir=str(tmp_path / "cache"), max_iters=6,
+                dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"), max_iters=6,
                 eval_interval=3, eval_samples=2, checkpoint_interval=3, warmup_iters=2, device="cpu", dtype="float32")
     base.update(extra)
     return [f"--{k}={v}" for k, v in base.items()]
@@ -44,7 +44,7 @@ def single_run(shared_data_module, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shared_data_module():
-    return SHARED_DATA
+    return SAMPLE_DATA
 
 
 def assert_same_curve(rows_a, rows_b, tol=1e-4):

@@ -33,10 +33,10 @@ def _stories(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def texts(shared_data) -> list[str]:
+def texts(sample_data) -> list[str]:
     """TinyStories validation stories, a 200k-character chunk of Shakespeare, and edge cases."""
-    shakespeare = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
-    return _stories(shared_data / "tinystories" / "validation.jsonl") + [shakespeare[:200_000]] + EDGE_CASES
+    shakespeare = (sample_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    return _stories(sample_data / "tinystories" / "validation.jsonl") + [shakespeare[:200_000]] + EDGE_CASES
 
 
 def test_shipped_tokenizers_are_listed():
@@ -65,18 +65,18 @@ def test_batch_encode_equals_single(name, size, texts):
     assert tok.encode(tuple(texts[:3])) == tok.encode(texts[:3]) and tok.encode([]) == []
 
 
-def test_round_trip_on_training_text(shared_data):
-    stories = _stories(shared_data / "tinystories" / "train.jsonl")
+def test_round_trip_on_training_text(sample_data):
+    stories = _stories(sample_data / "tinystories" / "train.jsonl")
     for size in BPE_SIZES:
         tok = get_tokenizer("bpe_tinyStories", size)
         assert tok.decode_batch(tok.encode(stories)) == stories
 
 
 @pytest.mark.parametrize("size", BPE_SIZES)
-def test_long_text_chunking_changes_nothing(size, shared_data):
+def test_long_text_chunking_changes_nothing(size, sample_data):
     # encode() cuts long strings at spaces and encodes the parts in parallel; sentencepiece on the whole
     # string must give the same ids.
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:300_000]
+    text = (sample_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:300_000]
     tok = get_tokenizer("bpe_tinyStories", size)
     assert tok._can_chunk
     assert tok.encode(text) == tok.sp.encode(text)
@@ -142,7 +142,7 @@ def test_default_and_errors():
     with pytest.raises(ValueError) as e:
         get_tokenizer("bpe_tinyStories", 4096)
     assert "[512, 1024, 2048]" in str(e.value)
-    assert ("python tokenizers/build_bpe.py --dataset=../shared/data/tinystories --name=bpe_tinyStories "
+    assert ("python tokenizers/build_bpe.py --dataset=data/samples/tinystories --name=bpe_tinyStories "
             "--sizes=512,1024,2048,4096") in str(e.value)
     with pytest.raises(ValueError) as e:
         get_tokenizer("bpe_fineweb-edu", 32768)
@@ -171,14 +171,14 @@ def _best_time(fn, repeats: int = 2) -> float:
 
 
 @pytest.mark.parametrize("name,size", [("byte", 259), ("bpe_tinyStories", 2048)])
-def test_encode_scales_linearly(name, size, shared_data):
+def test_encode_scales_linearly(name, size, sample_data):
     # Encoding 8x the text in one call must take < 16x the time of 1x (a quadratic tokenizer takes ~64x).
     # 1x is timed as 8 calls whose results are kept, so both sides allocate the same memory and only the
     # algorithm differs (a lone small call fits in cache, which alone can look "superlinear"). Best-of-2
     # timings and fresh measurements before failing keep a busy machine from making this flaky.
     tok = get_tokenizer(name, size)
-    docs = _stories(shared_data / "tinystories" / "train.jsonl")[:100]
-    one_string = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:65_536]
+    docs = _stories(sample_data / "tinystories" / "train.jsonl")[:100]
+    one_string = (sample_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:65_536]
     for label, small, large in [("documents", docs, docs * 8), ("one string", one_string, one_string * 8)]:
         for _ in range(3):
             t_1x = _best_time(lambda: [tok.encode(small, num_threads=1) if isinstance(small, list)
@@ -197,9 +197,9 @@ def _load_build_bpe():
     return module
 
 
-def test_build_bpe_end_to_end(tmp_path, shared_data):
+def test_build_bpe_end_to_end(tmp_path, sample_data):
     # A .txt file split on a separator: read by data/sources.py without the `datasets` library (fast).
-    stories = _stories(shared_data / "tinystories" / "train.jsonl")[:150]
+    stories = _stories(sample_data / "tinystories" / "train.jsonl")[:150]
     data = tmp_path / "stories.txt"
     data.write_text("<|endoftext|>".join(stories), encoding="utf-8")
     out = tmp_path / "bpe_tiny"

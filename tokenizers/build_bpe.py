@@ -1,6 +1,6 @@
 """Train nested sentencepiece BPE tokenizers on a dataset and write them to tokenizers/<name>/.
 
-    python tokenizers/build_bpe.py --dataset=../shared/data/tinystories --name=bpe_tinyStories \
+    python tokenizers/build_bpe.py --dataset=data/samples/tinystories --name=bpe_tinyStories \
         --sizes=512,1024,2048
 
 The text is the train split as the data layer (data/sources.py) reads it for training: any hub dataset or
