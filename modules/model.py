@@ -13,6 +13,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from config import ModelConfig
+from modules import mup
 from modules.attention import attention_mask
 from modules.kv_cache import KVCache
 from modules.layer import Layer
@@ -41,6 +42,7 @@ class Model(LoggingModule):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
+        self.logit_multiplier = mup.output_multiplier(cfg)  # μP: 1/m (tied or not); exactly 1.0 under SP
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
         if cfg.out_weight_share:
@@ -48,9 +50,12 @@ class Model(LoggingModule):
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02); projections into the residual stream get 0.02/sqrt(2*layers)
-        so the stream's variance doesn't grow with depth."""
+        so the stream's variance doesn't grow with depth. μP: hidden matrices (every Linear but the output head)
+        get std * sqrt(mup_base_dim / dim) (modules/mup.py); embeddings and the head keep std."""
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
+            if module is not self.lm_head:
+                std = mup.hidden_init_std(std, self.cfg)
             if getattr(module, "is_residual_projection", False):
                 std = std / math.sqrt(2 * self.cfg.num_layers)
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -85,7 +90,7 @@ class Model(LoggingModule):
 
         x = self.token_embedding(input_ids)
         if cfg.scale_first_resid:
-            x = x * math.sqrt(cfg.dim)
+            x = x * mup.embedding_multiplier(cfg)  # sqrt(dim); μP: sqrt(mup_base_dim)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions)
         x = self.embed_dropout(x)
@@ -112,6 +117,8 @@ class Model(LoggingModule):
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)
+        if self.logit_multiplier != 1.0:  # μP's output multiplier, modules/mup.py
+            logits = logits * self.logit_multiplier
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         loss = None

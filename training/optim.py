@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from config import TrainConfig
+from modules import mup
 
 
 def split_params(model: nn.Module) -> tuple[list, list, list]:
@@ -34,10 +35,14 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -
     """One or two optimizers; every group has 'base_lr' so the schedule can scale it."""
     matrices, embeddings, other = split_params(model)
     if cfg.optimizer == "adamw":
-        groups = [dict(params=matrices, weight_decay=cfg.weight_decay, base_lr=cfg.lr_max),
+        # μP: hidden matrices get lr / m and decay * m (modules/mup.py); both factors are 1.0 under SP
+        lr_scale, decay_scale = mup.adam_hidden_scales(getattr(model, "cfg", None))
+        groups = [dict(params=matrices, weight_decay=cfg.weight_decay * decay_scale, base_lr=cfg.lr_max * lr_scale,
+                       lr=cfg.lr_max * lr_scale),
                   dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
         return [_adamw([g for g in groups if g["params"]], cfg, device)]
-    # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/)
+    # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/).
+    # μP needs no lr factor here: the orthogonalized update is width-aware already (modules/mup.py)
     muon = torch.optim.Muon([dict(params=matrices, base_lr=cfg.muon_lr)], lr=cfg.muon_lr,
                             weight_decay=cfg.weight_decay)
     adam_groups = [dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
