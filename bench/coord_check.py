@@ -9,7 +9,7 @@ the standard parametrization they grow with width once training moves the weight
 Prints one JSON line per (parametrization, width, step): parametrization, width, step, loss, embedding_rms,
 layer_rms (each block's output), hidden_rms (the last block's output), logits_rms. Step 0 is the model at init,
 step t after t AdamW (or Muon) steps at a constant lr; all are measured on the same held-out batch.
-Flags: --parametrization=sp|mup|sp,mup --widths=64,128,256,512 --steps=10 --lr=0.01 --mup_base_dim=128
+Flags: --parametrization=sp|mup|sp,mup --widths=64,128,256,512 --steps=10 --lr=0.01 --muon_lr=0.02 --mup_base_dim=128
        --optimizer=adamw|muon --layers=2 --seq_len=64 --batch=8 --seed=0 --data=tinystories|random
        --png=PATH (default docs/mup/coord_check_<parametrization>.png; 'none' for no plot)
 """
@@ -29,7 +29,8 @@ from config import ModelConfig, TrainConfig, parse_cli  # noqa: E402
 from modules.model import Model  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
-DEFAULTS = dict(parametrization="mup", widths="64,128,256,512", steps="10", lr="0.01", mup_base_dim="128",
+DEFAULTS = dict(parametrization="mup", widths="64,128,256,512", steps="10", lr="0.01", muon_lr="0.02",
+                mup_base_dim="128",
                 optimizer="adamw", layers="2", seq_len="64", batch="8", seed="0", data="tinystories", png=None)
 VOCAB = 1024
 
@@ -75,8 +76,9 @@ def measure(model: Model, probe: torch.Tensor) -> dict:
 
 def coord_check(parametrization: str, widths: list[int], steps: int, lr: float = 0.01, mup_base_dim: int = 128,
                 optimizer: str = "adamw", layers: int = 2, seq_len: int = 64, batch: int = 8, seed: int = 0,
-                tokens: torch.Tensor | None = None) -> list[dict]:
-    """One row per (width, step 0..steps): the activation sizes of a model trained `step` steps at constant lr."""
+                tokens: torch.Tensor | None = None, muon_lr: float = 0.02) -> list[dict]:
+    """One row per (width, step 0..steps): the activation sizes of a model trained `step` steps at constant lr
+    (AdamW's lr; with optimizer='muon' the hidden matrices take muon_lr)."""
     data = batches(tokens, steps + 1, batch, seq_len, seed)
     probe, train = data[0], data[1:]
     rows = []
@@ -85,7 +87,7 @@ def coord_check(parametrization: str, widths: list[int], steps: int, lr: float =
         cfg = ModelConfig(dim=width, num_layers=layers, num_q_heads=4, num_kv_heads=4, max_seq_len=seq_len,
                           vocab_len=VOCAB, parametrization=parametrization, mup_base_dim=mup_base_dim)
         model = Model(cfg)
-        optimizers = build_optimizers(model, TrainConfig(optimizer=optimizer, lr_max=lr, muon_lr=lr,
+        optimizers = build_optimizers(model, TrainConfig(optimizer=optimizer, lr_max=lr, muon_lr=muon_lr,
                                                          weight_decay=0.0), torch.device("cpu"))
         for step in range(steps + 1):
             rows.append(dict(parametrization=parametrization, width=width, step=step, **measure(model, probe)))
@@ -160,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     for param in params:
         for row in coord_check(param, widths, int(o["steps"]), float(o["lr"]), int(o["mup_base_dim"]),
                                o["optimizer"], int(o["layers"]), int(o["seq_len"]), int(o["batch"]), int(o["seed"]),
-                               tokens):
+                               tokens, float(o["muon_lr"])):
             print(json.dumps(row), flush=True)
             rows.append(row)
     png = o["png"] or str(ROOT / "docs" / "mup" / f"coord_check_{'_'.join(params)}.png")
     if png != "none":
-        plot(rows, Path(png), f"Coordinate check: {o['optimizer']}, lr {o['lr']}, mup_base_dim {o['mup_base_dim']}, "
+        lrs = f"lr {o['lr']}" + (f", muon_lr {o['muon_lr']}" if o["optimizer"] == "muon" else "")
+        plot(rows, Path(png), f"Coordinate check: {o['optimizer']}, {lrs}, mup_base_dim {o['mup_base_dim']}, "
                               f"{o['layers']} layers, {o['data']} data")
         print(f"plot: {png}", file=sys.stderr)
     return 0

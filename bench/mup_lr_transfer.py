@@ -73,8 +73,9 @@ def _train_in_worker(opts: dict, point: tuple) -> dict:
         code = train.main(train_args(opts, param, width, lr, seed))
     loss = final_val_loss(Path(opts["runs_dir"]) / "trained" / run_name(*point), int(opts["steps"]))
     status = "ok" if loss is not None else ("diverged" if "loss became" in err.getvalue() else "failed")
+    error = err.getvalue()[-1500:] if code and status == "failed" else ""
     return dict(parametrization=param, width=width, lr=lr, seed=seed, val_loss=loss, status=status,
-                wall_s=round(time.time() - start, 1), error=err.getvalue()[-1500:] if code and status == "failed" else "")
+                wall_s=round(time.time() - start, 1), error=error)
 
 
 def load_rows(runs: Path) -> list[dict]:
