@@ -25,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import ModelConfig, TrainConfig, parse_cli  # noqa: E402
+from cli import split_args  # noqa: E402
+from config import ModelConfig, TrainConfig  # noqa: E402
 from modules.model import Model  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
@@ -139,7 +140,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides, positional = parse_cli(sys.argv[1:] if argv is None else argv)
+    overrides, positional = split_args(sys.argv[1:] if argv is None else argv)
     if "help" in overrides or "h" in overrides:
         print(__doc__)
         return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import parse_cli  # noqa: E402
+from cli import split_args  # noqa: E402
 
 DEFAULTS = dict(widths="32,64,128,256", lrs=",".join(f"{2.0 ** -e:.6g}" for e in range(11, 3, -1)),
                 seeds="1,2", parametrizations="sp,mup", steps="150", layers="2", seq_len="64", batch="8",
@@ -148,7 +148,7 @@ def write_report(table: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    overrides, positional = parse_cli(sys.argv[1:] if argv is None else argv)
+    overrides, positional = split_args(sys.argv[1:] if argv is None else argv)
     unknown = set(overrides) - set(DEFAULTS) - {"report", "help", "h"}
     if positional or unknown:
         print(f"error: unknown argument(s) {positional or sorted(unknown)}; see --help", file=sys.stderr)
