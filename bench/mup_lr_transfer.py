@@ -122,8 +122,8 @@ def write_report(table: list[dict], out: Path) -> None:
     params = sorted(frame["parametrization"].unique(), key=lambda p: p != "sp")
     fig, axes = plt.subplots(1, len(params), figsize=(6 * len(params), 4.2), sharey=True, squeeze=False)
     finite = frame["val_loss"][frame["val_loss"] < math.inf]
-    top = min(finite.max(), finite.min() + 1.5) if len(finite) else 10
     best = best_lrs(table)
+    top = min(finite.max(), max(r["val_loss"] for r in best.values()) + 0.8)  # every minimum in view
     for ax, param in zip(axes[0], params):
         part = frame[frame["parametrization"] == param]
         for width in sorted(part["width"].unique()):
@@ -137,7 +137,7 @@ def write_report(table: list[dict], out: Path) -> None:
         ax.set_title({"sp": "standard parametrization", "mup": "μP"}.get(param, param))
         ax.grid(alpha=0.3)
         ax.legend(title="width")
-    axes[0][0].set_ylabel(f"final validation loss (mean of {int(frame['seeds'].max())} seeds)")
+    axes[0][0].set_ylabel("final validation loss (mean over seeds)")
     fig.suptitle("Learning-rate transfer across width (TinyStories sample, 2 layers; star: best lr)")
     fig.tight_layout()
     tmp = out / "lr_transfer.png.tmp"
