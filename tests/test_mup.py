@@ -3,30 +3,20 @@ coordinates that stay put across widths, refusals, and the two bench scripts' pl
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from bench import coord_check, mup_lr_transfer  # bench/ is a namespace package: its scripts import as modules
 from config import ModelConfig, TrainConfig
 from modules import mup
 from modules.model import Model
 from training.optim import build_optimizers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=16, vocab_len=64)
 GPT2_LIKE = dict(pos_enc_type="learnable", norm_type="LayerNorm", norm_bias=True, linear_bias=True,
                  out_weight_share=False, scale_first_resid=True, qk_norm=True, logit_softcap=30.0, mlp_gated=True)
-
-
-def bench_module(name: str):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def train_steps(model_cfg: ModelConfig, optimizer: str = "adamw", steps: int = 3, seed: int = 3):
@@ -94,10 +84,10 @@ def test_mup_rules_at_four_times_the_base_width():
 
 
 def test_coordinates_stay_put_across_widths_under_mup_and_grow_under_sp():
-    coord_check = bench_module("coord_check").coord_check
     last = {}
     for param in ("sp", "mup"):
-        rows = coord_check(param, [64, 256], steps=3, lr=1e-2, mup_base_dim=64, layers=1, seq_len=16, batch=4)
+        rows = coord_check.coord_check(param, [64, 256], steps=3, lr=1e-2, mup_base_dim=64, layers=1, seq_len=16,
+                                       batch=4)
         last[param] = {r["width"]: r for r in rows if r["step"] == 3}
     for key in ("hidden_rms", "logits_rms"):
         ratio = last["mup"][256][key] / last["mup"][64][key]
@@ -117,23 +107,21 @@ def test_bad_mup_settings_are_one_clear_error(kwargs, message):
 
 
 def test_coord_check_cli_prints_json_and_a_plot(tmp_path, capsys):
-    coord = bench_module("coord_check")
     png = tmp_path / "cc.png"
-    assert coord.main(["--parametrization=sp,mup", "--widths=32,64", "--steps=1", "--data=random", "--layers=1",
+    assert coord_check.main(["--parametrization=sp,mup", "--widths=32,64", "--steps=1", "--data=random", "--layers=1",
                        "--seq_len=8", "--batch=2", f"--png={png}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 * 2 * 2 and png.stat().st_size > 0
     assert '"parametrization": "sp", "width": 32, "step": 0' in lines[0] and '"logits_rms"' in lines[0]
-    assert coord.main(["--parametrization=ntk"]) == 2
+    assert coord_check.main(["--parametrization=ntk"]) == 2
 
 
 def test_lr_transfer_table_averages_seeds_and_counts_a_diverged_seed_as_a_loss():
-    lr_transfer = bench_module("mup_lr_transfer")
     rows = [dict(parametrization="mup", width=64, lr=0.01, seed=s, val_loss=v, status="ok") for s, v in ((1, 3.0),
                                                                                                            (2, 3.2))]
     rows += [dict(parametrization="mup", width=64, lr=0.02, seed=1, val_loss=None, status="diverged"),
              dict(parametrization="mup", width=64, lr=0.02, seed=2, val_loss=2.0, status="ok")]
-    table = lr_transfer.summarize(rows)
+    table = mup_lr_transfer.summarize(rows)
     assert [(r["lr"], r["seeds"]) for r in table] == [(0.01, 2), (0.02, 2)]
     assert table[0]["val_loss"] == pytest.approx(3.1) and table[1]["val_loss"] == math.inf
-    assert lr_transfer.best_lrs(table)[("mup", 64)]["lr"] == 0.01
+    assert mup_lr_transfer.best_lrs(table)[("mup", 64)]["lr"] == 0.01
