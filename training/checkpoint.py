@@ -150,7 +150,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
             shutil.rmtree(tmp, ignore_errors=True)
     write_json(root / "latest.json", {"step": step, "dir": final.name})
     _prune(root)
-    remove_stale_temps(root)
+    for pattern in (".*.tmp", ".tmp_*"):  # ours, and those of versions before fileio.py
+        remove_stale_temps(root, pattern)
     return final
 
 
