@@ -5,11 +5,11 @@ pickled code runs.
 trained/<model_name>/
     model.safetensors                      weights (best validation loss so far)
     checkpoints/step_<N>/                  model.safetensors + state.pt (optimizer, schedule, RNG, data position)
-                                           + checksums.json (size and CRC-32 of both, written last)
+                                           + checksums.json (sizes of both, CRC-32 of state.pt)
     checkpoints/latest.json                the newest step_<N> when it was written (a hint for people)
 
-Resume never trusts latest.json: it scans the step folders and takes the newest complete one whose files
-match their checksums, so a lost or damaged pointer or a half-deleted folder costs nothing.
+Resume never trusts latest.json: it scans the step folders and takes the newest complete one, so a lost
+or damaged pointer or a half-deleted folder costs nothing; loading it checks every checksum.
 """
 from __future__ import annotations
 
@@ -103,7 +103,11 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights into model, with clear errors for missing, corrupt or mismatched files."""
-    state = clean_state_dict(read_weights(path))
+    _fit(model, clean_state_dict(read_weights(path)), path)
+
+
+def _fit(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Copy `state` into model, refusing missing, unexpected or wrongly shaped tensors."""
     model = unwrap_model(model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state) - _tied_aliases(model))
@@ -138,8 +142,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
         with reported_writes(tmp / STATE):
             torch.save(state, tmp / STATE)
             flush_to_disk(tmp / STATE)
-        files = {name: {"bytes": (tmp / name).stat().st_size, CHECKSUM: f"{file_checksum(tmp / name):08x}"}
-                 for name in (WEIGHTS, STATE)}
+        files = {name: {"bytes": (tmp / name).stat().st_size} for name in (WEIGHTS, STATE)}
+        files[STATE][CHECKSUM] = f"{file_checksum(tmp / STATE):08x}"  # the weights carry their own
         write_json(tmp / CHECKSUMS, {"step": step, "files": files})
         with reported_writes(final):
             if final.exists():  # a step written again after resuming from an older checkpoint
@@ -170,8 +174,9 @@ def _missing(folder: Path) -> str | None:
 
 
 def _damage(folder: Path, read_contents: bool) -> str | None:
-    """What in a complete-looking checkpoint does not match its checksums.json (sizes always; CRC-32 of the
-    contents when read_contents). Checkpoints from before checksums.json pass as they are."""
+    """What in a complete-looking checkpoint does not match its checksums.json (sizes always; the CRC-32 of
+    state.pt when read_contents; the weights check their own on loading). Checkpoints from before
+    checksums.json pass as they are."""
     record = folder / CHECKSUMS
     if not record.is_file():
         return None
@@ -181,7 +186,7 @@ def _damage(folder: Path, read_contents: bool) -> str | None:
             expected = files[name]
             if (folder / name).stat().st_size != expected["bytes"]:
                 return f"{name} has {(folder / name).stat().st_size} bytes, {expected['bytes']} were written"
-            if read_contents and f"{file_checksum(folder / name):08x}" != expected[CHECKSUM]:
+            if read_contents and CHECKSUM in expected and f"{file_checksum(folder / name):08x}" != expected[CHECKSUM]:
                 return f"{name} does not match the checksum recorded when it was written"
     except (ValueError, KeyError, TypeError) as e:
         return f"{CHECKSUMS} is unreadable ({type(e).__name__}: {e})"
@@ -189,27 +194,32 @@ def _damage(folder: Path, read_contents: bool) -> str | None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint whose files match their checksums, or None if there is none.
+    """The newest complete checkpoint (both files there, at the sizes written), or None if there is none.
 
-    Step folders with a missing file are skipped with a warning; a complete one whose contents are damaged
-    stops here with a ValueError naming it (nothing is changed; the message names the older one to use)."""
+    Step folders with a missing file are skipped with a warning; a complete one that is damaged stops here
+    (sizes) or in load_checkpoint (checksums) with a ValueError naming it and the older one to use."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return None
     _warn_about_pointer(root)
-    candidates = _step_folders(root)
-    for i, (step, folder) in enumerate(candidates):
+    for _, folder in _step_folders(root):
         if (why := _missing(folder)) is not None:
             warnings.warn(f"skipping checkpoint {folder}: {why}")
             continue
-        if (why := _damage(folder, read_contents=True)) is not None:
-            older = next((f.name for _, f in candidates[i + 1:] if _missing(f) is None), None)
-            instead = f"to resume from {older}" if older else "to start from step 0"
-            raise ValueError(f"checkpoint {folder / STATE if STATE in why else folder} is corrupt or not a "
-                             f"checkpoint ({why}); nothing was changed: move {folder.name} out of checkpoints/ "
-                             f"{instead}, or start over with --overwrite")
+        if (why := _damage(folder, read_contents=False)) is not None:
+            raise _corrupt(folder, why)
         return folder
     return None
+
+
+def _corrupt(folder: Path, why: str) -> ValueError:
+    """The one-line error for a damaged checkpoint, naming the older complete one to use instead."""
+    match = _STEP_FOLDER.fullmatch(folder.name)
+    older = [f.name for step, f in _step_folders(folder.parent)
+             if match and step < int(match.group(1)) and _missing(f) is None]
+    instead = f"to resume from {older[0]}" if older else "to start from step 0"
+    return ValueError(f"checkpoint {folder} is corrupt or not a checkpoint ({why}); nothing was changed: "
+                      f"move {folder.name} out of checkpoints/ {instead}, or start over with --overwrite")
 
 
 def _warn_about_pointer(root: Path) -> None:
@@ -247,9 +257,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     path = Path(path)
     why = _missing(path) or _damage(path, read_contents=True)
     if why is not None:
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({why}); "
-                         f"resume from an older checkpoints/step_* or start with --overwrite")
-    load_weights(model, path / WEIGHTS)
+        raise _corrupt(path, why)
+    try:
+        tensors = read_weights(path / WEIGHTS)
+    except ValueError as e:
+        raise _corrupt(path, str(e)) from None
+    _fit(model, clean_state_dict(tensors), path / WEIGHTS)
     try:
         state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means a corrupt or foreign file
