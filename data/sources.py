@@ -11,14 +11,14 @@ continuous .txt document (nanoGPT's Shakespeare split), else a seeded random sub
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+
+from data.file_errors import first_broken_file
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -218,36 +218,12 @@ def _local_table_documents(src: Source, split: str, text_field: str) -> Iterator
     try:
         yield from _table_documents(src, split, True, text_field)
     except Exception:
-        problem = _first_broken_file(src.files[split], src.formats[split])
+        problem = first_broken_file(src.files[split], src.formats[split])
         if problem is None:
             raise
         raise ValueError(problem) from None
     finally:
         datasets_log.setLevel(level)
-
-
-def _first_broken_file(files: list[Path], fmt: str) -> Optional[str]:
-    """What is wrong with the first unreadable file (json: the first bad line), or None if all read."""
-    for path in files:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-            try:
-                pq.read_metadata(path)
-            except Exception as e:
-                return f"{path} is not a readable parquet file ({e})"
-            continue
-        with contextlib.suppress(ValueError):  # a .json file may be one JSON document rather than lines
-            json.loads(path.read_bytes())
-            continue
-        with open(path, encoding="utf-8", errors="strict") as f:
-            try:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        json.loads(line.strip())
-            except ValueError as e:  # UnicodeDecodeError and JSONDecodeError
-                detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-                return f"{path}, line {number}: not a valid JSON record ({detail}); fix or remove that line"
-    return None
 
 
 def _check_field(src: Source, text_field: str, columns: list) -> None:
