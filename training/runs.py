@@ -85,11 +85,6 @@ def write_description(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     write_json(Path(run_dir) / MODEL_CONFIG, model_cfg.to_dict())
 
 
-def _from_dict(cls, values: dict):
-    # from_dict maps renamed fields of older runs to today's names
-    return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
-
-
 def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     """The configs saved with a run (fields added since then take their defaults). A run whose description is
     incomplete (one file missing) is refused: guessing the other half would train or sample the wrong run."""
@@ -101,7 +96,7 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     try:
         model_kw = json.loads((run_dir / MODEL_CONFIG).read_text())
         train_kw = json.loads((run_dir / TRAIN_CONFIG).read_text())
-        return _from_dict(ModelConfig, model_kw), _from_dict(TrainConfig, train_kw)
+        return ModelConfig.from_dict(model_kw), TrainConfig.from_dict(train_kw)  # old field names map to new
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
         raise ValueError(f"the configs in {run_dir} are corrupt or from an incompatible version: {e}") from None
 
