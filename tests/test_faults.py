@@ -22,7 +22,7 @@ import torch
 import fileio
 import tools
 import train
-from config import TrainConfig
+from config import ModelConfig, TrainConfig
 from data.pretokenize import load_tokens
 from data.tokenizer import get_tokenizer
 from training import checkpoint, runs
@@ -167,7 +167,7 @@ def test_kill_while_describing_a_run_leaves_no_half_run(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "write_json", die_after_first)
-    cfgs = runs.ModelConfig(vocab_len=10), TrainConfig()
+    cfgs = ModelConfig(vocab_len=10), TrainConfig()
     with pytest.raises(KeyboardInterrupt):
         runs.write_description(tmp_path / "new", *cfgs)
     assert runs.list_runs(tmp_path) == []  # not a run: model_config.json is written last

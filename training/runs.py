@@ -46,12 +46,14 @@ def check_run_name(name: str) -> str:
 def run_dir_for(name: str) -> Path:
     """trained/<name> for a run about to be created or continued. Refuses a name that could not be looked up
     again and a path that is a link or a file (writing through it would land outside trained/)."""
-    path = trained_dir() / check_run_name(name)
+    return _real_folder_or_absent(trained_dir() / check_run_name(name))
+
+
+def _real_folder_or_absent(path: Path) -> Path:
     if path.is_symlink():
-        target = os.readlink(path)
-        raise ValueError(f"{path} is a symbolic link (to {target}{', which does not exist' if not path.exists() else ''}"
-                         f"): runs must be real folders inside {trained_dir()}; remove the link or choose "
-                         f"another --model_name")
+        target = f"{os.readlink(path)}{'' if path.exists() else ', which does not exist'}"
+        raise ValueError(f"{path} is a symbolic link (to {target}): runs must be real folders inside "
+                         f"{trained_dir()}; remove the link or choose another --model_name")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a run folder: remove it or choose another --model_name")
     return path
@@ -63,8 +65,8 @@ def resolve_run(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if "/" in text or "\\" in text or text.startswith((".", "~")):
         path = Path(text).expanduser().absolute()
-        if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: same rules
-            path = run_dir_for(path.name)
+        if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: no links
+            path = _real_folder_or_absent(path)
         if not path.is_dir():
             raise FileNotFoundError(f"run folder {path} does not exist")
     else:
