@@ -150,12 +150,12 @@ def test_a_run_is_locked_while_alive_and_taken_over_after_kill_9(env, capsys):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert (run_dir / ".lock").exists()  # left behind by the killed process...
+    assert (trained / ".run.lock").exists()  # left behind by the killed process...
     (run_dir / ".model.safetensors.x1y2.tmp").write_bytes(b"half")  # ...with a write it never finished
     with RunLock(run_dir) as lock:  # ...and taken over
         assert f"pid {os.getpid()}" in lock.path.read_text()
         no_temp_files(run_dir)
-    assert not (run_dir / ".lock").exists()
+    assert not (trained / ".run.lock").exists()
 
 
 # --- 5. a run's description is complete or absent ------------------------------------------------------
