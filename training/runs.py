@@ -55,9 +55,10 @@ def _real_folder_or_absent(path: Path) -> Path:
     if path.is_symlink():
         target = f"{os.readlink(path)}{'' if path.exists() else ', which does not exist'}"
         raise ValueError(f"{path} is a symbolic link (to {target}): runs must be real folders inside "
-                         f"{trained_dir()}; remove the link or choose another --model_name")
+                         f"{trained_dir()}, so nothing is read or written through it; remove the link or use "
+                         f"another name")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a run folder: remove it or choose another --model_name")
+        raise ValueError(f"{path} is a file, not a run folder: remove it or use another name")
     return path
 
 
