@@ -294,6 +294,9 @@ def test_a_step_folder_linking_elsewhere_is_skipped(env, tmp_path):
     (ckpts / "step_8").symlink_to(tmp_path / "step_8")
     with pytest.warns(UserWarning, match="not a real folder"):
         assert latest_checkpoint(trained / "run").name == "step_4"
+    outside = sorted(p.name for p in (tmp_path / "step_8").iterdir())
+    save_checkpoint(trained / "run", 8, torch.nn.Linear(2, 2), {"step": 8})  # replaces the link, not its target
+    assert not (ckpts / "step_8").is_symlink() and sorted(p.name for p in (tmp_path / "step_8").iterdir()) == outside
 
 
 # --- 10. one line and exit code 2, nothing good lost ------------------------------------------------------
