@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_name  # noqa: E402
 
-from data.tokenizer import _num_cpus, available_tokenizers, get_tokenizer  # noqa: E402
+from data.tokenizer import available_tokenizers, get_tokenizer  # noqa: E402
+from data.tokenizer_base import num_cpus  # noqa: E402
 
 SHARED = ROOT / "data" / "samples"
 
@@ -59,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     import sentencepiece
 
-    threads = _num_cpus()
+    threads = num_cpus()
     emit(bench="tokenize", machine=cpu_name(), cpus=threads, load_avg_1min=round(os.getloadavg()[0], 2),
          python=platform.python_version(), sentencepiece=sentencepiece.__version__, repeats=args.repeats)
     toks = [get_tokenizer("byte")] + [get_tokenizer("bpe_tinyStories", n)
