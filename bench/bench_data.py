@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import build_configs  # noqa: E402
-from cli import UsageError, build, print_help_if_asked, reject_unknown, split_args  # noqa: E402
+from bench.options import parse_options  # noqa: E402
+from cli import UsageError, build_configs  # noqa: E402
 from config import TrainConfig  # noqa: E402
 from data.batches import TokenBatches  # noqa: E402
 from data.pretokenize import load_tokens  # noqa: E402
@@ -119,26 +119,10 @@ def bench_batches(tokens, batch_size: int, seq_len: int, step_s, bos_id: int) ->
             emit(**row)
 
 
-def parse_args(argv: list[str]) -> DataBenchOptions | None:
-    """The options, or None when --help was printed."""
-    overrides, positional = split_args(argv)
-    if print_help_if_asked(overrides, usage=__doc__, sections=[("Options", DataBenchOptions)]):
-        return None
-    options = build(DataBenchOptions, overrides)
-    reject_unknown(overrides, DataBenchOptions)
-    if positional:
-        raise UsageError(f"unexpected argument {positional[0]!r}; options are written --key=value")
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args is None:
-        return 0
+    args = parse_options(DataBenchOptions, argv, __doc__)
+    if isinstance(args, int):  # --help printed, or a bad option
+        return args
     import torch
     emit(bench="machine", cpu=platform.processor() or platform.machine(), python=platform.python_version(),
          torch=torch.__version__, threads=torch.get_num_threads())

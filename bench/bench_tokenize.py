@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_name  # noqa: E402
-from cli import UsageError, build, print_help_if_asked, reject_unknown, split_args  # noqa: E402
+from bench.options import parse_options  # noqa: E402
+from cli import UsageError  # noqa: E402
 
 from data.tokenizer import available_tokenizers, get_tokenizer  # noqa: E402
 from data.tokenizer_base import num_cpus  # noqa: E402
@@ -62,26 +63,10 @@ def corpora() -> dict[str, list[str] | str]:
             "shakespeare_one_string": shakespeare}
 
 
-def parse_args(argv: list[str]) -> TokenizeBenchOptions | None:
-    """The options, or None when --help was printed."""
-    overrides, positional = split_args(argv)
-    if print_help_if_asked(overrides, usage=__doc__, sections=[("Options", TokenizeBenchOptions)]):
-        return None
-    options = build(TokenizeBenchOptions, overrides)
-    reject_unknown(overrides, TokenizeBenchOptions)
-    if positional:
-        raise UsageError(f"unexpected argument {positional[0]!r}; options are written --key=value")
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args is None:
-        return 0
+    args = parse_options(TokenizeBenchOptions, argv, __doc__)
+    if isinstance(args, int):  # --help printed, or a bad option
+        return args
     import sentencepiece
 
     threads = num_cpus()
