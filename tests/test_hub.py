@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data import sources
+from data import hub, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,16 +22,16 @@ def online(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    sources._check_reachable.cache_clear()
+    hub._check_reachable.cache_clear()
     yield huggingface_hub.constants
-    sources._check_reachable.cache_clear()
+    hub._check_reachable.cache_clear()
 
 
 def test_unresolvable_endpoint_fails_fast_naming_the_sample(online, monkeypatch, tmp_path):
     monkeypatch.setattr(online, "ENDPOINT", "http://nonexistent.invalid")
     monkeypatch.chdir(tmp_path)
     start = time.perf_counter()
-    with pytest.raises(sources.HubUnreachableError) as err:
+    with pytest.raises(hub.HubUnreachableError) as err:
         list(sources.iter_documents("noanabeshima/TinyStoriesV2", "train"))
     assert time.perf_counter() - start < 5
     message = str(err.value)
@@ -44,8 +44,8 @@ def test_refused_connection_fails_fast(online, monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setattr(online, "ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.perf_counter()
-    with pytest.raises(sources.HubUnreachableError, match="cannot connect to 127.0.0.1"):
-        sources.check_hub_reachable("a/b")
+    with pytest.raises(hub.HubUnreachableError, match="cannot connect to 127.0.0.1"):
+        hub.check_hub_reachable("a/b")
     assert time.perf_counter() - start < 5
 
 
@@ -54,18 +54,18 @@ def test_reachable_endpoint_passes_and_offline_mode_skips_the_check(online, monk
         server.bind(("127.0.0.1", 0))
         server.listen()
         monkeypatch.setattr(online, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        sources.check_hub_reachable("a/b")  # no error
+        hub.check_hub_reachable("a/b")  # no error
     monkeypatch.setattr(online, "ENDPOINT", "http://nonexistent.invalid")
     monkeypatch.setattr(online, "HF_HUB_OFFLINE", True)
-    sources.check_hub_reachable("a/b")  # offline: `datasets` reads its cache, we don't probe
+    hub.check_hub_reachable("a/b")  # offline: `datasets` reads its cache, we don't probe
 
 
 def test_proxy_is_what_gets_probed(online, monkeypatch):
     monkeypatch.setattr(online, "ENDPOINT", "https://huggingface.co")
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
-    assert sources._hub_address() == ("proxy.example", 3128)
+    assert hub._hub_address() == ("proxy.example", 3128)
     monkeypatch.delenv("https_proxy")
-    assert sources._hub_address() == ("huggingface.co", 443)
+    assert hub._hub_address() == ("huggingface.co", 443)
 
 
 def test_train_with_hf_endpoint_unresolvable_fails_fast(tmp_path):
