@@ -2,6 +2,7 @@
 processes, seed), the data, the model, and the model made ready to train (wrapped, optimizers, compiled)."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,9 +60,12 @@ class Data:
 
 
 def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, tokenizer,
-              show_progress: bool = True) -> Data:
-    """Tokenize (once, cached) and cut batches. Rank 0 builds the cache first, the others then read it."""
+              show_progress: bool | None = None) -> Data:
+    """Tokenize (once, cached) and cut batches. Rank 0 builds the cache first, the others then read it.
+    show_progress: a tokenizing progress bar; None -> only on a terminal (a log file gets no bar)."""
     from data.pretokenize import load_tokens
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
     info, T = machine.dist, model_cfg.max_seq_len
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * info.world_size
     # streaming: tokenize only what this run will read (a longer run later extends the cache)
