@@ -23,6 +23,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 import tools
 from cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
 from config import ModelConfig, TrainConfig
@@ -122,7 +124,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
                         enabled=machine.is_main)
-    mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
+    with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
+        mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
     try:
         for step in range(state.step, train_cfg.max_iters):
             start = time.perf_counter()
