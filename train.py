@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
 import sys
 import time
 from datetime import datetime
@@ -25,19 +24,17 @@ from pathlib import Path
 
 import torch
 
-import tools
 from cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
 from config import ModelConfig, TrainConfig
 from data.sources import HubUnreachableError
 from data.tokenizer import get_tokenizer
-from training import distributed
+from training import distributed, runs
 from training.checkpoint import latest_checkpoint, load_checkpoint
 from training.curves import plot_training_curves
 from training.device import peak_flops
 from training.evaluate import evaluate
 from training.progress import Progress
-from training.resume import check_run_folder, restore, save_best_weights, save_resumable, write_description
-from training.run_lock import RunInUse, RunLock
+from training.resume import check_run_folder, has_contents, restore, save_best_weights, save_resumable
 from training.run_log import RunLog
 from training.run_state import RunState
 from training.setup import TrainingError, build_model, load_data, prepare_training, set_up
@@ -72,9 +69,9 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
     if resume:  # the run's own configs, with any overrides on top (e.g. a larger --max_iters)
         if not overrides.get("model_name"):
             raise TrainingError("--resume needs --model_name=NAME of the run in trained/ to continue")
-        base_run = tools.resolve_run(overrides["model_name"])
+        base_run = runs.resolve_run(overrides["model_name"])
     if base_run is not None:
-        model_cfg, train_cfg = tools.load_configs(tools.resolve_run(base_run))
+        model_cfg, train_cfg = runs.load_configs(runs.resolve_run(base_run))
         base = (model_cfg.to_dict(), train_cfg.to_dict())
         if not resume:
             base[1]["model_name"] = None  # a new run needs its own name
@@ -84,7 +81,7 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
     if train_cfg.model_name is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         train_cfg = dataclasses.replace(train_cfg, model_name=f"{preset or 'custom'}_{stamp}")
-    return model_cfg, train_cfg, tools.TRAINED_DIR / train_cfg.model_name, resume, overwrite
+    return model_cfg, train_cfg, runs.run_dir_for(train_cfg.model_name), resume, overwrite  # refuses links
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -94,7 +91,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
     resume=True, replaced only with overwrite=True, and otherwise refused."""
     run_dir = Path(run_dir)
     machine = set_up(train_cfg)
-    lock = RunLock(run_dir) if machine.is_main else contextlib.nullcontext()
+    lock = runs.RunLock(run_dir) if machine.is_main else contextlib.nullcontext()
     try:
         with lock:  # one process per run folder, for the whole run
             return _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine)
@@ -111,9 +108,9 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
     if machine.is_main:
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        write_description(run_dir, model_cfg, train_cfg)
+        if overwrite and has_contents(run_dir):
+            runs.clear_run(run_dir)  # keeps the lock
+        runs.write_description(run_dir, model_cfg, train_cfg)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
     T, world = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         if args is not None:
             train(*args)
-    except (TrainingError, RunInUse, ValueError, FileNotFoundError, HubUnreachableError) as e:
+    except (TrainingError, ValueError, FileNotFoundError, HubUnreachableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

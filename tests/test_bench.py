@@ -60,6 +60,7 @@ def test_bench_times_the_very_step_train_py_runs(sample_data, tmp_path, monkeypa
     from tests.helpers import read_log
 
     monkeypatch.setattr(tools, "TRAINED_DIR", tmp_path / "trained")
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(tmp_path / "trained"))
     settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, vocab_len=512,
                     dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"), micro_batch_size=2,
                     grad_accum_steps=2, max_iters=5, eval_interval=1, eval_batches=1, warmup_iters=2, device="cpu",

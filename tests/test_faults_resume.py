@@ -134,7 +134,7 @@ def test_a_live_run_holds_its_folder(sample_data, data_cache, trained_dir, capsy
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended early"
         for extra in ([], ["--overwrite"], ["--resume"]):
-            refused(args + extra, capsys, "in use by a running train.py")
+            refused(args + extra, capsys, "is in use by pid")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -144,8 +144,8 @@ def test_a_live_run_holds_its_folder(sample_data, data_cache, trained_dir, capsy
 # --- 5. the run's description is one unit ------------------------------------------------------------------
 def test_interrupted_start_leaves_no_resumable_half_description(sample_data, data_cache, trained_dir, capsys,
                                                                   monkeypatch):
-    import training.resume as resume
-    real_write, written = resume.write_json, []
+    from training import runs
+    real_write, written = runs.write_json, []
 
     def killed_after_first_file(path, obj):
         if written:
@@ -153,10 +153,10 @@ def test_interrupted_start_leaves_no_resumable_half_description(sample_data, dat
         written.append(path)
         real_write(path, obj)
 
-    monkeypatch.setattr(resume, "write_json", killed_after_first_file)
+    monkeypatch.setattr(runs, "write_json", killed_after_first_file)
     args = tiny_args(sample_data, data_cache, max_iters=4)
     assert train.main(args) == 130
-    monkeypatch.setattr(resume, "write_json", real_write)
+    monkeypatch.setattr(runs, "write_json", real_write)
     refused(args + ["--resume"], capsys, "model_config.json")  # not a run: nothing resumes with default settings
 
 
@@ -164,7 +164,7 @@ def test_resume_refuses_a_folder_missing_its_train_config(finished_run, trained_
     args = finished_run
     (trained_dir / "run" / "train_config.json").unlink()
     before = snapshot(trained_dir)
-    refused(args + ["--resume"], capsys, "incomplete", "train_config.json")
+    refused(args + ["--resume"], capsys, "incomplete", "train_config.json missing")
     assert snapshot(trained_dir) == before
 
 
@@ -174,6 +174,7 @@ def template_run(data_cache, tmp_path_factory) -> Path:
     trained = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tools, "TRAINED_DIR", trained)
+        patch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
         assert train.main(tiny_args(SAMPLE_DATA, data_cache, max_iters=4, checkpoint_interval=4)) == 0
     return trained / "run"
 
@@ -211,12 +212,19 @@ def test_resume_with_config_or_another_optimizer_is_a_clear_error(extra, words, 
     assert snapshot(trained_dir) == before
 
 
-def test_optimizer_state_that_does_not_fit_is_a_clear_error(finished_run, trained_dir, capsys):
-    state_path = latest_checkpoint(trained_dir / "run") / "state.pt"
-    state = torch.load(state_path, weights_only=True)
-    state["optimizers"] = state["optimizers"] * 2  # as if saved by a two-optimizer run
-    torch.save(state, state_path)
+def test_optimizer_state_that_does_not_fit_is_a_clear_error(finished_run, trained_dir, capsys, monkeypatch):
+    """Optimizers built differently from the saved ones (here: one more, as after a code change) cannot take
+    the checkpoint's state: one line, nothing changed."""
+    real_prepare = train.prepare_training
+
+    def one_more_optimizer(model, train_cfg, machine):
+        train_model, optimizers = real_prepare(model, train_cfg, machine)
+        return train_model, optimizers + [torch.optim.SGD(model.parameters(), lr=0.1)]
+
+    monkeypatch.setattr(train, "prepare_training", one_more_optimizer)
+    before = snapshot(trained_dir)
     refused(finished_run + ["--resume", "--max_iters=6"], capsys, "optimizer state does not fit")
+    assert snapshot(trained_dir) == before
 
 
 # --- 10. bad starts are reported before the run folder exists -------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from training.checkpoint import atomic_write
+from fileio import atomic_write
 
 
 def plot_training_curves(rows: list[dict], path: Path, title: str) -> None:

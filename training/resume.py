@@ -1,20 +1,18 @@
 """What makes a run safe to continue: the checks before anything changes (resume only what can be resumed
-exactly), the run's description, and checkpoints that are saved whole and only when every number is finite."""
+exactly), and checkpoints that are saved whole and only when every number is finite. The run folder itself
+(its name, description and lock) is training/runs.py's."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from config import ModelConfig, TrainConfig
-from training import distributed
-from training.checkpoint import latest_checkpoint, save_checkpoint, save_weights, write_json
+from training import distributed, runs
+from training.checkpoint import latest_checkpoint, save_checkpoint, save_weights
 from training.run_state import RunState
 from training.setup import TrainingError
-
-DESCRIPTION = ("train_config.json", "model_config.json")  # written in this order: model_config.json marks a run
 
 
 def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool,
@@ -22,13 +20,13 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
     """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not
     continue the same run. Returns the checkpoint to resume from (None for a fresh start)."""
     if not resume:
-        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
+        if has_contents(run_dir) and not overwrite:
             raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to replace "
                                 f"it, or choose another --model_name")
         return None
     if overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
-    saved_model, saved_train = read_description(run_dir)
+    saved_model, saved_train = runs.load_configs(run_dir)  # refuses an incomplete description
     changed = [f"{f.name}: {getattr(saved_model, f.name)!r} -> {getattr(model_cfg, f.name)!r}"
                for f in dataclasses.fields(ModelConfig) if getattr(saved_model, f.name) != getattr(model_cfg, f.name)]
     if changed:
@@ -44,23 +42,9 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
     return checkpoint
 
 
-def read_description(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
-    """Both configs of a run; a folder missing either one is incomplete and is not resumed."""
-    missing = [name for name in DESCRIPTION if not (run_dir / name).is_file()]
-    if missing:
-        raise TrainingError(f"{run_dir} is incomplete (no {' and no '.join(missing)}: its start was interrupted), "
-                            f"so it cannot be resumed: start it again with --overwrite")
-    try:
-        return (ModelConfig.from_dict(json.loads((run_dir / "model_config.json").read_text())),
-                TrainConfig.from_dict(json.loads((run_dir / "train_config.json").read_text())))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise TrainingError(f"the configs in {run_dir} are corrupt or from an incompatible version: {e}") from None
-
-
-def write_description(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """Each file atomically, model_config.json last: a kill in between leaves no folder that looks like a run."""
-    write_json(run_dir / "train_config.json", train_cfg.to_dict())
-    write_json(run_dir / "model_config.json", model_cfg.to_dict())
+def has_contents(run_dir: Path) -> bool:
+    """Whether run_dir holds anything besides the lock this process holds on it."""
+    return run_dir.is_dir() and any(entry.name != runs.LOCK for entry in run_dir.iterdir())
 
 
 def restore(saved: dict, model, optimizers: list, batches, machine) -> RunState:
