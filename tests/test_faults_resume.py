@@ -20,18 +20,10 @@ from safetensors.torch import load_file
 import tools
 import train
 from tests.conftest import SAMPLE_DATA
-from tests.test_train import ROOT, data_cache, tiny_args  # noqa: F401 (a fixture)
+from tests.test_train import ROOT, data_cache, tiny_args, trained_dir  # noqa: F401 (fixtures)
 from training.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def trained_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
-    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
-    return path
 
 
 def snapshot(folder: Path) -> dict:
