@@ -155,14 +155,12 @@ class TrainStep:
         model_cfg, cfg = build_configs(overrides, preset)
         if model_cfg.vocab_len is None:
             model_cfg = dataclasses.replace(model_cfg, vocab_len=get_tokenizer(model_cfg.tokenizer).vocab_len)
-        if cfg.streaming:  # tokenize only what the benchmark reads
-            cfg = dataclasses.replace(cfg, max_iters=max_steps + 1)
         self.model_cfg, self.cfg, self.preset = model_cfg, cfg, preset
         self.adamw, self.compile_mode, self.no_log_io = adamw, compile_mode, no_log_io
         self.machine = machine = set_up(cfg)
         self.device, self.dtype = machine.device, machine.dtype
         self.tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
-        self.data = load_data(model_cfg, cfg, machine, self.tokenizer, show_progress=False)
+        self.data = load_data(model_cfg, cfg, machine, self.tokenizer, show_progress=False, max_steps=max_steps)
         self.tokens_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * model_cfg.max_seq_len
         self.model = build_model(model_cfg, cfg, machine)
         if no_log_io:
@@ -198,9 +196,6 @@ class TrainStep:
                  self.tokenizer.bos_id)
         return 1e3 * (time.perf_counter() - start)
 
-    def close(self) -> None:
-        pass
-
 
 # --- one benchmark -------------------------------------------------------------------------------------
 def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warmup: int = 10,
@@ -231,7 +226,6 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
     eval_ms = runner.evaluate_ms()
-    runner.close()
 
     median, mean = statistics.median(times), statistics.fmean(times)
     data_ms, fwd_ms, bwd_ms, clip_ms, opt_ms = (1e3 * statistics.fmean(p[i] for p in phases) for i in range(5))

@@ -60,9 +60,10 @@ class Data:
 
 
 def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, tokenizer,
-              show_progress: bool | None = None) -> Data:
+              show_progress: bool | None = None, max_steps: int | None = None) -> Data:
     """Tokenize (once, cached) and cut batches. Rank 0 builds the cache first, the others then read it.
-    show_progress: a tokenizing progress bar; None -> only on a terminal (a log file gets no bar)."""
+    show_progress: a tokenizing progress bar; None -> only on a terminal (a log file gets no bar).
+    max_steps: the steps that will be run (default max_iters); streaming tokenizes only what they read."""
     from data.pretokenize import load_tokens
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -70,7 +71,8 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, 
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * info.world_size
     # streaming: tokenize only what this run will read (a longer run later extends the cache)
     streaming = train_cfg.streaming
-    train_needed = (train_cfg.max_iters + 1) * tokens_per_step + T + 1 if streaming else None
+    steps = train_cfg.max_iters if max_steps is None else max_steps
+    train_needed = (steps + 1) * tokens_per_step + T + 1 if streaming else None
     val_needed = train_cfg.eval_batches * train_cfg.micro_batch_size * info.world_size * T + 1 if streaming else None
     for turn in ("main", "others"):
         if info.is_main == (turn == "main"):
