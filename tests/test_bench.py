@@ -61,8 +61,9 @@ def test_bench_times_the_very_step_train_py_runs(sample_data, tmp_path, monkeypa
 
     monkeypatch.setattr(tools, "TRAINED_DIR", tmp_path / "trained")
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(tmp_path / "trained"))
-    settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, vocab_len=512,
-                    dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"), micro_batch_size=2,
+    settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, tokenizer="byte",
+                    dataset=str(sample_data / "tinyshakespeare" / "input.txt"), val_fraction=0.1,
+                    cache_dir=str(tmp_path / "cache"), micro_batch_size=2,
                     grad_accum_steps=2, max_iters=5, eval_interval=1, eval_batches=1, warmup_iters=2, device="cpu",
                     dtype="float32", dropout_resid=0.1)
     runner = _bench_module("bench_train").TrainStep({k: str(v) for k, v in settings.items()}, max_steps=5)
