@@ -86,7 +86,8 @@ def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_SUFFIX}") -> list[P
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. a read-only cache someone else built
+                stale.unlink(missing_ok=True)
         removed.append(stale)
     return removed
 

@@ -22,7 +22,7 @@ import torch
 import fileio
 import tools
 import train
-from config import TrainConfig
+from config import ModelConfig, TrainConfig
 from data.pretokenize import load_tokens
 from data.tokenizer import get_tokenizer
 from training import checkpoint, runs
@@ -150,12 +150,12 @@ def test_a_run_is_locked_while_alive_and_taken_over_after_kill_9(env, capsys):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert (run_dir / ".lock").exists()  # left behind by the killed process...
+    assert (trained / ".run.lock").exists()  # left behind by the killed process...
     (run_dir / ".model.safetensors.x1y2.tmp").write_bytes(b"half")  # ...with a write it never finished
     with RunLock(run_dir) as lock:  # ...and taken over
         assert f"pid {os.getpid()}" in lock.path.read_text()
         no_temp_files(run_dir)
-    assert not (run_dir / ".lock").exists()
+    assert not (trained / ".run.lock").exists()
 
 
 # --- 5. a run's description is complete or absent ------------------------------------------------------
@@ -167,7 +167,7 @@ def test_kill_while_describing_a_run_leaves_no_half_run(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "write_json", die_after_first)
-    cfgs = runs.ModelConfig(vocab_len=10), TrainConfig()
+    cfgs = ModelConfig(vocab_len=10), TrainConfig()
     with pytest.raises(KeyboardInterrupt):
         runs.write_description(tmp_path / "new", *cfgs)
     assert runs.list_runs(tmp_path) == []  # not a run: model_config.json is written last
@@ -294,6 +294,9 @@ def test_a_step_folder_linking_elsewhere_is_skipped(env, tmp_path):
     (ckpts / "step_8").symlink_to(tmp_path / "step_8")
     with pytest.warns(UserWarning, match="not a real folder"):
         assert latest_checkpoint(trained / "run").name == "step_4"
+    outside = sorted(p.name for p in (tmp_path / "step_8").iterdir())
+    save_checkpoint(trained / "run", 8, torch.nn.Linear(2, 2), {"step": 8})  # replaces the link, not its target
+    assert not (ckpts / "step_8").is_symlink() and sorted(p.name for p in (tmp_path / "step_8").iterdir()) == outside
 
 
 # --- 10. one line and exit code 2, nothing good lost ------------------------------------------------------

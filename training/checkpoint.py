@@ -146,7 +146,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
         files[STATE][CHECKSUM] = f"{file_checksum(tmp / STATE):08x}"  # the weights carry their own
         write_json(tmp / CHECKSUMS, {"step": step, "files": files})
         with reported_writes(final):
-            if final.exists():  # a step written again after resuming from an older checkpoint
+            if final.is_symlink() or final.is_file():  # never follow a link out of checkpoints/
+                final.unlink()
+            elif final.exists():  # a step written again after resuming from an older checkpoint
                 shutil.rmtree(final)
             os.replace(tmp, final)
     finally:

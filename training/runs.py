@@ -4,7 +4,9 @@ training run holds on its folder.
 trained/<model_name>/
     train_config.json, model_config.json   the run's description; model_config.json, written last, is what
                                            makes a folder a run, so a kill while writing leaves no half run
-    .lock                                  held (flock) by the training process for the run's lifetime
+trained/.<model_name>.lock                 held (flock) by the training process for the run's lifetime; beside
+                                           the folder, so taking it creates nothing a torchrun rank or
+                                           --overwrite could trip over, and copying a run leaves it behind
 
 A run is found by name only inside trained/ (TEMPLATEGPT_TRAINED_DIR moves it): a link in trained/ that
 leads elsewhere, or a name that could not be looked up again, is refused before anything is written.
@@ -22,7 +24,7 @@ from config import RUN_NAME, ModelConfig, TrainConfig
 from fileio import remove_stale_temps, reported_writes, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG, TRAIN_CONFIG, LOCK = "model_config.json", "train_config.json", ".lock"
+MODEL_CONFIG, TRAIN_CONFIG = "model_config.json", "train_config.json"
 
 
 def trained_dir() -> Path:
@@ -46,14 +48,17 @@ def check_run_name(name: str) -> str:
 def run_dir_for(name: str) -> Path:
     """trained/<name> for a run about to be created or continued. Refuses a name that could not be looked up
     again and a path that is a link or a file (writing through it would land outside trained/)."""
-    path = trained_dir() / check_run_name(name)
+    return _real_folder_or_absent(trained_dir() / check_run_name(name))
+
+
+def _real_folder_or_absent(path: Path) -> Path:
     if path.is_symlink():
-        target = os.readlink(path)
-        raise ValueError(f"{path} is a symbolic link (to {target}{', which does not exist' if not path.exists() else ''}"
-                         f"): runs must be real folders inside {trained_dir()}; remove the link or choose "
-                         f"another --model_name")
+        target = f"{os.readlink(path)}{'' if path.exists() else ', which does not exist'}"
+        raise ValueError(f"{path} is a symbolic link (to {target}): runs must be real folders inside "
+                         f"{trained_dir()}, so nothing is read or written through it; remove the link or use "
+                         f"another name")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a run folder: remove it or choose another --model_name")
+        raise ValueError(f"{path} is a file, not a run folder: remove it or use another name")
     return path
 
 
@@ -63,8 +68,8 @@ def resolve_run(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if "/" in text or "\\" in text or text.startswith((".", "~")):
         path = Path(text).expanduser().absolute()
-        if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: same rules
-            path = run_dir_for(path.name)
+        if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: no links
+            path = _real_folder_or_absent(path)
         if not path.is_dir():
             raise FileNotFoundError(f"run folder {path} does not exist")
     else:
@@ -102,8 +107,8 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Empty a run folder for --overwrite, keeping the lock (held by the caller). model_config.json goes
-    first, so a kill half-way leaves a folder that is no longer a run rather than a mix of two runs."""
+    """Empty a run folder for --overwrite (the caller holds its lock). model_config.json goes first, so a
+    kill half-way leaves a folder that is no longer a run rather than a mix of two runs."""
     run_dir = Path(run_dir)
     if run_dir.is_symlink() or not run_dir.is_dir():
         raise ValueError(f"{run_dir} is not a real run folder (a link or a file): --overwrite only replaces "
@@ -111,8 +116,6 @@ def clear_run(run_dir: Path) -> None:
     with reported_writes(run_dir):
         (run_dir / MODEL_CONFIG).unlink(missing_ok=True)
         for entry in run_dir.iterdir():
-            if entry.name == LOCK:
-                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -135,7 +138,8 @@ class RunLock:
     message a second process gets. Taking the lock also removes temp files that killed writes left."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.path, self._file = Path(run_dir), Path(run_dir) / LOCK, None
+        self.run_dir, self._file = Path(run_dir), None
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
 
     def acquire(self) -> "RunLock":
         try:
@@ -143,7 +147,7 @@ class RunLock:
         except ImportError:  # Windows: no flock; one process per run is then up to you
             return self
         with reported_writes(self.path):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
                 handle = open(self.path, "a+")
                 try:
@@ -172,17 +176,12 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Drop the lock and its file; a folder that holds nothing else (a run that failed before writing
-        anything) is removed too."""
+        """Drop the lock and delete its file (a file left by a killed process is harmless: see acquire)."""
         if self._file is None:
             return
         self.path.unlink(missing_ok=True)
         self._file.close()  # closing releases the flock
         self._file = None
-        try:
-            self.run_dir.rmdir()  # only if empty
-        except OSError:
-            pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
