@@ -34,7 +34,7 @@ from training.curves import plot_training_curves
 from training.device import peak_flops
 from training.evaluate import evaluate
 from training.progress import Progress
-from training.resume import check_run_folder, has_contents, restore, save_best_weights, save_resumable
+from training.resume import check_run_folder, restore, save_best_weights, save_resumable
 from training.run_log import RunLog
 from training.run_state import RunState
 from training.setup import TrainingError, build_model, load_data, prepare_training, set_up
@@ -108,8 +108,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
     if machine.is_main:
-        if overwrite and has_contents(run_dir):
-            runs.clear_run(run_dir)  # keeps the lock
+        if overwrite and (run_dir.exists() or run_dir.is_symlink()):
+            runs.clear_run(run_dir)  # refuses a link or a file
         runs.write_description(run_dir, model_cfg, train_cfg)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
     T, world = model_cfg.max_seq_len, machine.dist.world_size

@@ -20,7 +20,7 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
     """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not
     continue the same run. Returns the checkpoint to resume from (None for a fresh start)."""
     if not resume:
-        if has_contents(run_dir) and not overwrite:
+        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
             raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to replace "
                                 f"it, or choose another --model_name")
         return None
@@ -40,11 +40,6 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
         raise TrainingError(f"{run_dir} has no complete checkpoint to resume from, so --resume changed nothing. "
                             f"Start it again with --overwrite (this replaces it) or choose another --model_name")
     return checkpoint
-
-
-def has_contents(run_dir: Path) -> bool:
-    """Whether run_dir holds anything besides the lock this process holds on it."""
-    return run_dir.is_dir() and any(entry.name != runs.LOCK for entry in run_dir.iterdir())
 
 
 def restore(saved: dict, model, optimizers: list, batches, machine) -> RunState:
