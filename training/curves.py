@@ -22,7 +22,7 @@ def plot_training_curves(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", frameon=False)  # losses fall: the top right stays clear
+    ax.legend(loc="best", frameon=False)  # matplotlib picks the corner the curves leave free
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
