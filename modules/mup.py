@@ -24,6 +24,8 @@ At dim == mup_base_dim every factor is exactly 1 (and the attention scale is exa
 the SP model bit for bit: tune at that width with either, then scale up with 'mup'.
 
 Choices, and why:
+- One m for every hidden matrix: it stands for each matrix's fan-in ratio to the base model, which holds when the
+  MLP width (mlp_hidden_mult, after mlp_multiple_of rounding) and num_q_heads * head_dim grow in proportion to dim.
 - Weight decay: torch's AdamW decays by lr * λ per step. Hidden matrices get lr η/m, so λ is multiplied by m to keep
   the decay per step (lr * λ) what it is at the base width, as microsoft/mup's MuAdamW does for lr-coupled decay.
 - Tied embeddings (out_weight_share): one matrix is both the input embedding and the output head. In Table 8 both
