@@ -414,6 +414,10 @@ def _read_json_texts(path: Path, text_field: str, max_texts: int | None) -> list
 
 # --- command line --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--sweep=") for a in argv):  # a sweep's report (see sweep.py)
+        from experiments.report import main as sweep_report
+        return sweep_report(argv)
     parser = argparse.ArgumentParser(description="Compare trained runs: loss curves, bits per byte, "
                                                  "top-k accuracy; writes PNGs and a CSV/Markdown table.")
     parser.add_argument("runs", nargs="+", help="run names in trained/ or run folder paths")

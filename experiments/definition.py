@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from config import MODEL_FIELDS, PRESETS, ModelConfig, TrainConfig, build_configs, parse_value
+from cli import build_configs, parse_value
+from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from experiments.grid import NAME_RE, Variant, check_field, expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,11 +22,7 @@ def sweeps_dir() -> Path:
 
 
 def _canonical(key: str) -> str:
-    try:
-        from config import RENAMED_FIELDS
-    except ImportError:
-        return key
-    return RENAMED_FIELDS.get(key, key)
+    return RENAMED_FIELDS.get(key, key)  # a field's current name (old names are still accepted)
 
 
 def _typed(key: str, value):

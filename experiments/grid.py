@@ -16,7 +16,8 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-from config import MODEL_FIELDS, TRAIN_FIELDS, unknown_key_error
+from cli import unknown_key_error
+from config import MODEL_FIELDS, RENAMED_FIELDS, TRAIN_FIELDS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # loads back by name: no '/', no leading '.'
 # set by the sweep for every run, so they cannot be swept or fixed
@@ -40,10 +41,6 @@ def check_field(key: str, where: str) -> None:
     """A config field name, or one ValueError naming where it was given and the closest fields."""
     if key in RESERVED:
         raise ValueError(f"{where}: {key!r} is set by the sweep ({RESERVED[key]})")
-    try:
-        from config import RENAMED_FIELDS  # old names still accepted (when config.py has them)
-    except ImportError:
-        RENAMED_FIELDS = {}
     if key not in MODEL_FIELDS | TRAIN_FIELDS | set(RENAMED_FIELDS):
         raise ValueError(f"{where}: {unknown_key_error(key)}")
 

@@ -147,3 +147,26 @@ def write_report(name_or_sweep, n_texts: int = DEFAULT_BPB_TEXTS, val_data: str 
         plot_val_loss(sweep, runs, logs, folder / "val_loss.png")
         plot_final_metric(sweep, runs, METRIC, folder / f"{METRIC}.png")
     return table
+
+
+def main(argv: list[str]) -> int:
+    """`python model_comparison.py --sweep=NAME [--bpb_texts=N] [--val_data=PATH]`: a sweep's report, rebuilt
+    from its run folders and printed (the files land in sweeps/NAME/)."""
+    import sys
+    options = {}
+    for arg in argv:
+        key, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or not eq or key not in ("sweep", "bpb_texts", "val_data"):
+            print(f"error: {arg!r}: with --sweep=NAME only --bpb_texts=N and --val_data=PATH are accepted",
+                  file=sys.stderr)
+            return 2
+        options[key] = value
+    try:
+        n_texts = int(options.get("bpb_texts", DEFAULT_BPB_TEXTS))
+        sweep = Sweep.load(options["sweep"])
+        write_report(sweep, n_texts, options.get("val_data"))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((sweep.folder / "summary.md").read_text())
+    return 0

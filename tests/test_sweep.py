@@ -80,7 +80,7 @@ def test_list_form_changes_several_fields_and_combines_with_a_grid():
     (["--variant=a b:qk_norm=true"], "NAME:FIELD=VALUE"),
     (["--grid=qk_norm=true", "--preset=nope"], "presets are"),
     (["--grid=qk_norm=true", "--seeds=x"], "--seeds='x' is invalid"),
-    (["--grid=qk_norm=true", "--parallel=0"], "--parallel='0' is invalid"),
+    (["--grid=qk_norm=true", "--parallel=0"], "--parallel=0 is invalid"),
     (["--name=a/b", "--grid=qk_norm=true"], "--name='a/b' is invalid"),
 ])
 def test_bad_input_fails_before_any_run(argv, message, tmp_path, monkeypatch, capsys, no_training):
@@ -237,3 +237,13 @@ def test_changed_shared_settings_are_refused(killed_sweep, monkeypatch, capsys, 
     assert sweep.main(killed_sweep["args"] + ["--weight_decay=0.5"]) == 2
     err = capsys.readouterr().err
     assert "other shared settings" in err and "weight_decay: (not set) -> 0.5" in err and "--overwrite" in err
+
+
+def test_model_comparison_shows_a_sweep(killed_sweep, monkeypatch, capsys, no_training):
+    import model_comparison
+    _point_dirs(monkeypatch, killed_sweep["root"])
+    assert model_comparison.main(["--sweep=t", "--bpb_texts=4"]) == 0
+    out = capsys.readouterr().out
+    assert "| `qk` | 2 |" in out and "Welch" in out
+    assert model_comparison.main(["--sweep=nope"]) == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
