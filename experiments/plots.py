@@ -38,7 +38,7 @@ def plot_val_loss(sweep, runs: pd.DataFrame, logs: dict, path: Path) -> None:
 
 def plot_final_metric(sweep, runs: pd.DataFrame, metric: str, path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(sweep.variants) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(sweep.variants) + 2), 4))
     names = [v.name for v in sweep.variants if (runs["variant"] == v.name).any()]
     for i, name in enumerate(names):
         values = runs.loc[runs["variant"] == name, metric]
@@ -47,7 +47,7 @@ def plot_final_metric(sweep, runs: pd.DataFrame, metric: str, path: Path) -> Non
         ax.scatter([i + 0.12] * len(values), values, s=14, color="C1", zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per variant: mean ± std over seeds (dots: seeds)")
+    ax.set_title(f"{metric}: mean ± std over seeds (dots: each seed)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
