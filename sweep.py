@@ -88,7 +88,8 @@ def check_against_saved(sweep: Sweep) -> None:
         changed = sweep.differences(Sweep.load(sweep.name))
         if changed:
             raise UsageError(f"sweep {sweep.name!r} was run with other shared settings ({'; '.join(changed)}): "
-                             f"its runs would not be comparable. Give --overwrite to retrain every run, or a new --name")
+                             f"its runs would not be comparable. Give --overwrite to retrain every run, "
+                             f"or a new --name")
     for plan in sweep.runs:
         wrong = saved_mismatches(trained_dir() / plan.name, plan.expected)
         if wrong:

@@ -45,7 +45,8 @@ def plot_final_metric(sweep, runs: pd.DataFrame, metric: str, path: Path) -> Non
         std = values.std() if len(values) > 1 else 0.0  # pandas' std is the sample (n - 1) one
         ax.errorbar([i], [values.mean()], yerr=[std], fmt="o", capsize=6, markersize=8, color="C0")
         ax.scatter([i + 0.12] * len(values), values, s=14, color="C1", zorder=3)
-    ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    crowded = len(names) > 3
+    ax.set_xticks(range(len(names)), names, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean ± std over seeds (dots: each seed)")
     ax.grid(alpha=0.3, axis="y")

@@ -108,8 +108,8 @@ def to_markdown(sweep: Sweep, table: pd.DataFrame, missing: list[str], n_texts: 
         if r.variant == sweep.baseline.name:
             delta, p = "baseline", "-"
         else:
-            delta = f"{r.diff_vs_baseline:+.4f} [{r.ci95_low:+.4f}, {r.ci95_high:+.4f}]" \
-                if not math.isnan(r.ci95_low) else (_num(r.diff_vs_baseline) if not math.isnan(r.diff_vs_baseline) else "-")
+            delta = _num(r.diff_vs_baseline) if math.isnan(r.ci95_low) else \
+                f"{r.diff_vs_baseline:+.4f} [{r.ci95_low:+.4f}, {r.ci95_high:+.4f}]"
             p = "-" if math.isnan(r.p_value) else f"{r.p_value:.3g}"
         lines.append(f"| `{r.variant}` | {r.seeds} | {_num(r.best_val_loss_mean)} ± {_num(r.best_val_loss_std)} "
                      f"| {_num(r.final_val_loss_mean)} | {_num(r.bits_per_byte_mean)} "

@@ -107,13 +107,14 @@ class Outcome:
 
 
 def _last_error(log_path: Path) -> str:
+    """The error line of the latest attempt in a run's log (train.py prints one 'error: ...' line)."""
     try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").replace("\r", "\n").splitlines()]
+        text = log_path.read_text(errors="replace").rsplit("\n=== sweep:", 1)[-1]
     except OSError:
         return ""
-    lines = [ln for ln in lines if ln]
-    errors = [ln for ln in lines if ln.startswith(("error:", "Traceback")) or "Error" in ln]
-    return (errors or lines or [""])[-1][:300]
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")] or [ln for ln in lines if "Error" in ln]
+    return (errors or lines[-1:] or [""])[-1][:300]
 
 
 def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list[dict], logs_dir: Path,
@@ -150,8 +151,9 @@ def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list
                 if proc.returncode == 0 and done:
                     outcome = Outcome(plan, True, f"finished in {seconds:.0f} s", log_path)
                 else:
-                    why = _last_error(log_path) or "no output"
-                    outcome = Outcome(plan, False, f"FAILED (exit code {proc.returncode}): {why}", log_path)
+                    code = proc.returncode
+                    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    outcome = Outcome(plan, False, f"FAILED ({how}): {_last_error(log_path) or 'no output'}", log_path)
                 outcomes.append(outcome)
                 say(f"{plan.name}: {outcome.note}" + ("" if outcome.ok else f"; full log: {log_path}"))
     except KeyboardInterrupt:

@@ -92,6 +92,36 @@ def test_bad_input_fails_before_any_run(argv, message, tmp_path, monkeypatch, ca
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "trained").exists()
 
 
+def test_parallel_slots_split_cores_or_give_one_gpu_each(monkeypatch):
+    monkeypatch.setattr(runner.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert runner.slots(2, "cpu", None) == [{"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}] * 2
+    assert runner.slots(3, "cpu", 1)[2] == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    monkeypatch.setattr(runner, "_visible_gpus", lambda: ["2", "5"])
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in runner.slots(3, "auto", None)] == ["2", "5", "2"]
+    assert "CUDA_VISIBLE_DEVICES" not in runner.slots(2, "cpu", None)[0]  # --device=cpu keeps off the GPUs
+
+
+def test_run_folder_decides_skip_restart_or_start(tmp_path, monkeypatch):
+    from experiments.definition import Sweep
+    _point_dirs(monkeypatch, tmp_path)
+    grid = [parse_grid("qk_norm=false,true")]
+    plan = Sweep("s", "llama3_atto", {"max_iters": "4", "warmup_iters": "1"}, grid, [], [0]).runs[1]
+    assert plan.name == "s__qk_norm-true__s0" and plan.expected["qk_norm"] is True and plan.max_iters == 4
+    command = runner.train_command(plan, "new", "llama3_atto")
+    assert command[2:] == ["--preset=llama3_atto", "--max_iters=4", "--warmup_iters=1", "--qk_norm=true", "--seed=0",
+                           f"--model_name={plan.name}"]
+    assert runner.train_command(plan, "restart", "llama3_atto")[-1] == "--overwrite"
+    assert runner.train_command(plan, "resume", "llama3_atto")[2:] == [f"--model_name={plan.name}", "--resume"]
+    run_dir = tmp_path / "trained" / plan.name
+    assert runner.run_state(plan) == "new"
+    run_dir.mkdir(parents=True)
+    (run_dir / "log_data.csv").write_text("step,val_loss\n2,5.0\n")
+    assert runner.run_state(plan) == "restart"  # no checkpoint: train.py --overwrite
+    (run_dir / "log_data.csv").write_text("step,val_loss\n2,5.0\n4,4.0\n")
+    (run_dir / "model.safetensors").write_bytes(b"")
+    assert runner.run_state(plan) == "done"
+
+
 # --- Welch's t-test ---------------------------------------------------------------------------------------
 def _t_sf_by_integration(t: float, df: float, steps: int = 20_000) -> float:
     """P(T > t) for Student's t, integrating its density with Simpson's rule (independent of scipy)."""
