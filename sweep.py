@@ -112,7 +112,7 @@ def run(options: SweepOptions, sweep: Sweep) -> list:
           f"{count['done']} finished, {count['resume']} to resume, {count['restart'] + count['new']} to start")
     if options.dry_run:
         for p in plans:
-            print(f"  {states[p.name]:8s} {p.name}  ({p.variant.describe()}, seed {p.seed})")
+            print(f"  {states[p.name]:8s} {p.name}  [{p.variant.describe()}; seed {p.seed}]")
         return []
     write_json(sweep.folder / "sweep.json", sweep.to_json())
     outcomes = []

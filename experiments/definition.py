@@ -97,7 +97,8 @@ class Sweep:
                     raise ValueError(f"variant {variant.name!r} ({variant.describe()}): {e}") from None
                 values = {**model_cfg.to_dict(), **train_cfg.to_dict()}
                 keys = {_canonical(k) for k in preset_keys | set(settings)}
-                expected = {k: values[k] for k in sorted(keys) if values.get(k) is not None}
+                # None and 'auto' are left for train.py to decide (vocab_len, device, dtype), so may be saved resolved
+                expected = {k: values[k] for k in sorted(keys) if values.get(k) not in (None, "auto")}
                 plans.append(RunPlan(name, variant, seed, settings, expected, train_cfg.max_iters, train_cfg.device))
         return plans
 

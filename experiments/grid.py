@@ -34,7 +34,7 @@ class Variant:
     settings: dict = field(default_factory=dict)  # field -> value text, as on the command line
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.settings.items()) or "(the fixed settings only)"
+        return " ".join(f"{k}={v}" for k, v in self.settings.items()) or "the shared settings only"
 
 
 def check_field(key: str, where: str) -> None:
