@@ -18,6 +18,9 @@ from experiments.stats import TEST_NAME, sample_var, welch
 
 METRIC = "best_val_loss"  # what the test compares: each run's lowest validation loss
 DEFAULT_BPB_TEXTS = 40    # validation texts for bits per byte (0 skips it)
+SUMMARY_COLUMNS = ["variant", "seeds", "best_val_loss_mean", "best_val_loss_std", "final_val_loss_mean",
+                   "bits_per_byte_mean", "tokens_per_sec_mean", "diff_vs_baseline", "ci95_low", "ci95_high",
+                   "p_value", "test"]
 
 
 def run_rows(sweep: Sweep) -> tuple[pd.DataFrame, dict]:
@@ -85,7 +88,7 @@ def summarize(sweep: Sweep, runs: pd.DataFrame) -> pd.DataFrame:
             row.update(diff_vs_baseline=c.diff, ci95_low=c.ci_low, ci95_high=c.ci_high, p_value=c.p_value,
                        test=f"welch_t_two_sided on {METRIC} vs {sweep.baseline.name}")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def _num(x, digits: int = 4) -> str:
