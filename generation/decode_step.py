@@ -1,0 +1,104 @@
+"""A decode step with fixed shapes, so torch.compile compiles it once for a whole generation.
+
+The growing KV cache hands attention one more key every step, and finished rows are dropped: shapes change
+every step, which is right for eager PyTorch but makes a compiler recompile. Here every step writes its key
+and value at a slot given as a tensor (KVCache.start_static_writes) and attends over all the cache's slots
+with a mask hiding the unfilled ones. Nothing in the step depends on a Python number that changes, so one
+compiled graph serves every step: on CPU the small per-layer ops fuse into a few C++ kernels; on CUDA
+mode="reduce-overhead" replays the step as a CUDA graph. Finished rows keep computing (their tokens are
+dropped) and eos is checked on the host only every EOS_CHECK_EVERY steps, so the loop has no host sync.
+
+Compiling costs seconds, so `compile="auto"` only compiles when a generation is long enough to win the
+time back (batch x new tokens >= COMPILE_MIN_TOKENS, measured in bench/README.md); a compiled step is kept
+for later calls with the same shapes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from generation.sampling import SamplingConfig, sample
+
+COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MIN_TOKENS = 4096  # batch x new tokens from which "auto" compiles: see bench/README.md (break-even)
+EOS_CHECK_EVERY = 16  # steps between host checks for "every row has reached eos"
+
+
+def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache, greedy: bool) -> torch.Tensor:
+    """Model.forward for one new token per row, tokens and positions (B, 1), over a cache with fixed-slot
+    writes: the same layers and the same math, only the attention mask comes from the cache. Moves the
+    cache's slot and `positions` (in place, stopping at the last position of the context) on by one.
+    -> the greedy next tokens (B,) if greedy, else the logits (B, vocab)."""
+    cfg = model.cfg
+    x = model.token_embedding(tokens)
+    if cfg.scale_first_resid:
+        x = x * math.sqrt(cfg.dim)
+    if model.pos_embedding is not None:
+        x = x + model.pos_embedding(positions)
+    rope = model.rope(positions) if model.rope is not None else None
+    mask = cache.static_attention_mask(cfg.sliding_window)
+    for i, layer in enumerate(model.layers):
+        x = layer(x, rope, mask, cache, i)
+    cache.advance(1)
+    # a row past its own budget (its context is full) keeps computing at its last position; it is cut later
+    positions.add_(1).clamp_(max=cfg.max_seq_len - 1)
+    logits = model.lm_head(model.final_norm(x[:, -1]))
+    if cfg.logit_softcap is not None:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits.argmax(dim=-1) if greedy else logits
+
+
+_compiled_step = None
+
+
+def compiled_decode_step():
+    """decode_step under torch.compile, made once per process (it recompiles per new shape and model class)."""
+    global _compiled_step
+    if _compiled_step is None:
+        if torch.cuda.is_available():  # replay the whole step as one CUDA graph
+            _compiled_step = torch.compile(decode_step, dynamic=False, mode="reduce-overhead")
+        else:  # C++ instead of Python calling the kernels: per-step overhead is what a small model pays for
+            _compiled_step = torch.compile(decode_step, dynamic=False, options={"cpp_wrapper": True})
+    return _compiled_step
+
+
+def should_compile(mode: str, batch: int, new_tokens: int, device: torch.device) -> bool:
+    """Whether to run the compiled fixed-shape step: always for "on", never for "off"; for "auto" when
+    batch x new tokens is large enough to pay back compiling, on CPU or CUDA (not MPS)."""
+    if mode == "on":
+        return True
+    if mode == "off" or device.type not in ("cpu", "cuda"):
+        return False
+    return batch * new_tokens >= COMPILE_MIN_TOKENS
+
+
+def decode_fixed_slots(model, cache, tokens: torch.Tensor, next_pos: torch.Tensor, budget: list[int],
+                       sampling: SamplingConfig, generator, eos_id: int | None, compiled: bool = True
+                       ) -> list[list[int]]:
+    """Continue from the prefilled `cache` and the first sampled `tokens` (B,) at positions next_pos (B,)
+    to each row's budget of new tokens; cut each row at its first eos_id. -> the new ids of each row.
+    compiled=False runs the same step eagerly (to test the compiled one against)."""
+    step = compiled_decode_step() if compiled else decode_step
+    B, steps = len(budget), max(budget)
+    out = torch.empty(B, steps, dtype=torch.long, device=tokens.device)
+    out[:, 0] = tokens
+    positions = next_pos[:, None].clone()
+    done = tokens == eos_id if eos_id is not None else None
+    cache.start_static_writes()
+    n = 1
+    while n < steps:
+        if done is not None and n % EOS_CHECK_EVERY == 0 and bool(done.all()):
+            break
+        result = step(model, tokens[:, None], positions, cache, sampling.greedy)
+        tokens = result if sampling.greedy else sample(result, sampling, generator)
+        out[:, n] = tokens
+        if done is not None:
+            done |= tokens == eos_id
+        n += 1
+    cache.stop_static_writes()
+    rows = []
+    for b, row in enumerate(out[:, :n].tolist()):
+        row = row[:budget[b]]
+        rows.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return rows
