@@ -8,9 +8,11 @@ compiled graph serves every step: on CPU the small per-layer ops fuse into a few
 mode="reduce-overhead" replays the step as a CUDA graph. Finished rows keep computing (their tokens are
 dropped) and eos is checked on the host only every EOS_CHECK_EVERY steps, so the loop has no host sync.
 
-Compiling costs seconds, so `compile="auto"` only compiles when a generation is long enough to win the
-time back (batch x new tokens >= COMPILE_MIN_TOKENS, measured in bench/README.md); a compiled step is kept
-for later calls with the same shapes.
+Compiling costs seconds, far more than a short generation takes, so `compile="auto"` decides like renting
+skis: it runs eagerly until the decode steps it has run eagerly for one shape (batch, cache slots) add up
+to COMPILE_AFTER_STEPS, the measured break-even (bench/README.md), and compiles from then on. A short
+generation is never slowed down, and a process that generates a lot loses at most about the compile time.
+A shape already compiled in this process is always used.
 """
 from __future__ import annotations
 
@@ -21,8 +23,12 @@ import torch
 from generation.sampling import SamplingConfig, sample
 
 COMPILE_MODES = ("auto", "on", "off")
-COMPILE_MIN_TOKENS = 4096  # batch x new tokens from which "auto" compiles: see bench/README.md (break-even)
+COMPILE_AFTER_STEPS = 20_000  # eager decode steps of one shape after which "auto" compiles (the break-even)
+SLOT_ROUNDING = 64  # fixed-slot caches round their slots up to this, so nearby prompt lengths share a compile
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has reached eos"
+
+_eager_steps: dict[tuple, int] = {}  # (batch, slots) -> decode steps run eagerly under "auto" in this process
+_compiled_shapes: set[tuple] = set()  # (batch, slots) already compiled in this process
 
 
 def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache, greedy: bool) -> torch.Tensor:
@@ -63,14 +69,24 @@ def compiled_decode_step():
     return _compiled_step
 
 
-def should_compile(mode: str, batch: int, new_tokens: int, device: torch.device) -> bool:
-    """Whether to run the compiled fixed-shape step: always for "on", never for "off"; for "auto" when
-    batch x new tokens is large enough to pay back compiling, on CPU or CUDA (not MPS)."""
+def fixed_slots(prompt_len: int, steps: int) -> int:
+    """Cache slots for the fixed-slot step: the prompt and every step, rounded up to SLOT_ROUNDING."""
+    return -(-(prompt_len + steps) // SLOT_ROUNDING) * SLOT_ROUNDING
+
+
+def should_compile(mode: str, batch: int, slots: int, steps: int, device: torch.device) -> bool:
+    """Whether to run the compiled fixed-slot step for a generation of `steps` decode steps: always for "on",
+    never for "off" or on MPS; for "auto", once this shape has been compiled or has run COMPILE_AFTER_STEPS
+    steps eagerly (counting this generation's as run eagerly when it is not compiled)."""
     if mode == "on":
         return True
     if mode == "off" or device.type not in ("cpu", "cuda"):
         return False
-    return batch * new_tokens >= COMPILE_MIN_TOKENS
+    shape = (batch, slots)
+    if shape in _compiled_shapes or _eager_steps.get(shape, 0) >= COMPILE_AFTER_STEPS:
+        return True
+    _eager_steps[shape] = _eager_steps.get(shape, 0) + steps
+    return False
 
 
 def decode_fixed_slots(model, cache, tokens: torch.Tensor, next_pos: torch.Tensor, budget: list[int],
@@ -81,6 +97,8 @@ def decode_fixed_slots(model, cache, tokens: torch.Tensor, next_pos: torch.Tenso
     compiled=False runs the same step eagerly (to test the compiled one against)."""
     step = compiled_decode_step() if compiled else decode_step
     B, steps = len(budget), max(budget)
+    if compiled:
+        _compiled_shapes.add((B, cache.max_positions))
     out = torch.empty(B, steps, dtype=torch.long, device=tokens.device)
     out[:, 0] = tokens
     positions = next_pos[:, None].clone()

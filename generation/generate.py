@@ -4,7 +4,8 @@ All prompts run through the model together as one batch. Prompts of different le
 row gets its own positions (its bos is position 0) and the padding is masked out of attention, so a prompt
 gives the same tokens batched as alone. With the cache, the prompts are prefilled once and each step feeds
 one token per row; without it (use_cache=False) every step re-runs the whole sequence, which is slow and
-exists to check the cache. Long generations run a compiled fixed-shape decode step (generation/decode_step.py).
+exists to check the cache. A process that generates a lot switches to a compiled fixed-shape decode step
+(generation/decode_step.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from generation.decode_step import COMPILE_MODES, decode_fixed_slots, should_compile
+from generation.decode_step import COMPILE_MODES, decode_fixed_slots, fixed_slots, should_compile
 from generation.sampling import SamplingConfig, sample
 
 
@@ -23,7 +24,7 @@ class GenerationConfig:
     max_new_tokens: int = 100  # new tokens per prompt; fewer where a row reaches eos or the model's context
     num_samples: int = 1  # continuations per prompt
     use_cache: bool = True  # KV cache; False re-runs the whole sequence every step (slow: a reference)
-    compile: str = "auto"  # torch.compile the one-token decode step: auto (for long generations), on, off
+    compile: str = "auto"  # torch.compile the decode step: on | off | auto (once a shape has decoded ~a compile's time)
 
     def __post_init__(self):
         for name in ("max_new_tokens", "num_samples"):
@@ -111,10 +112,10 @@ def _decode_with_cache(model, rows, budget, sampling, options, generator, eos_id
     device = model.lm_head.weight.device
     ids, valid, positions = left_pad(rows, pad_id, device)
     B, P = ids.shape
-    compiled = should_compile(options.compile, B, max(budget), device)
-    # the fixed-slot step needs a slot for every step of the longest row; the growing path drops padding as
-    # rows finish, so it never needs more than the context
-    slots = P + max(budget) if compiled else min(P + max(budget), model.cfg.max_seq_len)
+    slots = fixed_slots(P, max(budget))  # a slot for every step of the longest row
+    compiled = should_compile(options.compile, B, slots, max(budget), device)
+    if not compiled:  # the growing path drops padding as rows finish: it never needs more than the context
+        slots = min(P + max(budget), model.cfg.max_seq_len)
     cache = model.new_cache(B, max_positions=slots, dtype=cache_dtype(model))
     cache.mark_padding(valid)  # padding is never attended
     logits, _ = model(ids, positions=positions, cache=cache, last_only=True)

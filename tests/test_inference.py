@@ -16,7 +16,7 @@ import tools
 from config import ModelConfig, TrainConfig
 import generation.decode_step as decode_step_module
 from generation import GenerationConfig, SamplingConfig, generate, generate_ids
-from generation.decode_step import COMPILE_MIN_TOKENS, should_compile
+from generation.decode_step import COMPILE_AFTER_STEPS, should_compile
 from modules.kv_cache import KVCache
 from modules.model import Model
 from training.checkpoint import save_weights
@@ -121,12 +121,17 @@ def test_compiled_decode_step_gives_the_eager_tokens():
     assert gen(model, PROMPTS, 40, compile="on", eos_id=eos) == gen(model, PROMPTS, 40, eos_id=eos)
 
 
-def test_when_auto_compiles():
+def test_when_auto_compiles(monkeypatch):
+    monkeypatch.setattr(decode_step_module, "_eager_steps", {})
+    monkeypatch.setattr(decode_step_module, "_compiled_shapes", {(4, 128)})
     cpu = torch.device("cpu")
-    assert not should_compile("auto", 1, COMPILE_MIN_TOKENS - 1, cpu)
-    assert should_compile("auto", 1, COMPILE_MIN_TOKENS, cpu) and should_compile("auto", 8, COMPILE_MIN_TOKENS // 8, cpu)
-    assert should_compile("on", 1, 1, cpu) and not should_compile("off", 64, 10_000, cpu)
-    assert not should_compile("auto", 64, 10_000, torch.device("mps"))
+    # ski rental: eager until this shape has run COMPILE_AFTER_STEPS steps eagerly, then compiled
+    steps = COMPILE_AFTER_STEPS // 3 + 1
+    assert [should_compile("auto", 1, 64, steps, cpu) for _ in range(4)] == [False, False, False, True]
+    assert not should_compile("auto", 2, 64, steps, cpu)  # another shape counts on its own
+    assert should_compile("auto", 4, 128, 1, cpu)  # already compiled in this process: free to use
+    assert should_compile("on", 1, 64, 1, cpu) and not should_compile("off", 4, 128, 10 ** 6, cpu)
+    assert not should_compile("auto", 1, 64, 10 ** 6, torch.device("mps"))
 
 
 def test_outputs_are_not_degenerate():
@@ -214,7 +219,8 @@ def test_cache_takes_the_autocast_dtype():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens"), (lambda: GenerationConfig(num_samples=0), "num_samples"),
+    (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens"),
+    (lambda: GenerationConfig(num_samples=0), "num_samples"),
     (lambda: GenerationConfig(compile="always"), "compile='always' is not one of auto, on, off"),
     (lambda: GenerationConfig(use_cache="yes"), "use_cache"), (lambda: SamplingConfig(temperature=-1), "temperature"),
     (lambda: SamplingConfig(top_p=2), "top_p"), (lambda: SamplingConfig(top_k=0), "top_k"),
@@ -398,3 +404,20 @@ def test_cli_in_real_processes(run_dir, tmp_path):
         assert message in err and "Traceback" not in err, (name, err)
         if name == "ok":
             assert "=== prompt 1/1: 'Once'" in out and "--- continuation:\nOnce" in out
+
+
+def test_benchmark_conversion_to_transformers_gives_the_same_model():
+    """bench/bench_decode_hf.py races transformers with our weights: its converted model must be ours."""
+    pytest.importorskip("transformers")
+    from bench.bench_decode_hf import to_transformers
+    model = tiny_model(num_kv_heads=2, mlp_gated=True, mlp_nonlinearity="SiLU", norm_type="RMSNorm",
+                       out_weight_share=True, theta=500_000.0)
+    hf = to_transformers(model)
+    ids = torch.tensor([[60, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.inference_mode():
+        assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-4)
+        hf_new = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                             min_new_tokens=12, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert hf_new == gen(model, ids.tolist(), 12)[0]
+    with pytest.raises(ValueError, match="qk_norm"):
+        to_transformers(tiny_model(qk_norm=True))
