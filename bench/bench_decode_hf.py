@@ -148,6 +148,7 @@ def run(model, prompt, batches, opts) -> int:
                       file=sys.stderr)
                 return 1
         rates = {name: [] for name in runners}
+        cpu_rates = {name: [] for name in runners}  # per CPU-second of this process: less distorted by load
         busy_start, load_start, wall_start = cpu_busy_s(), os.getloadavg()[0], time.perf_counter()
         for r in range(opts.rounds):
             for name, generate in runners.items():
@@ -155,6 +156,7 @@ def run(model, prompt, batches, opts) -> int:
                 generate(rows)
                 seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
                 rates[name].append(batch * opts.new_tokens / seconds)
+                cpu_rates[name].append(batch * opts.new_tokens / cpu_seconds)
                 print(json.dumps(dict(batch=batch, variant=name, round=r, seconds=round(seconds, 4),
                                       cpu_seconds=round(cpu_seconds, 4),
                                       tokens_per_s=round(batch * opts.new_tokens / seconds, 1))), flush=True)
@@ -166,6 +168,7 @@ def run(model, prompt, batches, opts) -> int:
             ours_compiled_vs_best_hf=round(median["ours_compiled"] / best_theirs, 2),
             ours_eager_vs_best_hf=round(median["ours_eager"] / best_theirs, 2),
             ours_compiled_vs_ours_eager=round(median["ours_compiled"] / median["ours_eager"], 2),
+            median_tokens_per_cpu_s={k: round(statistics.median(v), 1) for k, v in cpu_rates.items()},
             load_avg_1min_start=round(load_start, 2), load_avg_1min_end=round(os.getloadavg()[0], 2),
             machine_busy_cpus=round((cpu_busy_s() - busy_start) / wall, 2))), flush=True)
     return 0

@@ -5,8 +5,8 @@ and with the compiled decode step; and what compiling costs (the break-even behi
     python bench/bench_inference.py llama3_atto other_run --max_new_tokens=256 --threads=1 --repeats=3
 
 Prints JSON lines: one describing the machine, one per (model, batch, path) measurement, and one per
-(model, batch) with the speed-ups and the compile break-even: how many new tokens (x batch) a generation
-needs before the compiled step, its compile time included, is faster than the eager one. Sampling uses the
+(model, batch) with the speed-ups and the compile break-even: how many decode steps (new tokens per row,
+over any number of generations of that batch size) the compiled step needs to win back its compile time. Sampling uses the
 CLI defaults (temperature 0.7, min_p 0.05) with eos ignored, so every row makes the same number of tokens.
 Compile time is measured on the first compiled call of each shape in this process (torch's on-disk
 compile cache, if warm from an earlier run, makes it shorter).
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(dict(model=label, **row)), flush=True)
                 eager, compiled = rows["cache"], rows["compiled"]
                 compile_s = compiled["first_call_seconds"] - compiled["seconds"]
-                saved_per_token = eager["seconds"] / (batch * new) - compiled["seconds"] / (batch * new)
+                saved_per_step = (eager["seconds"] - compiled["seconds"]) / new
                 print(json.dumps(dict(
                     model=label, batch=batch,
                     cache_speedup=round(rows["no_cache"]["seconds"] / eager["seconds"], 2),
                     compiled_speedup=round(eager["seconds"] / compiled["seconds"], 2),
                     compile_seconds=round(compile_s, 2),
-                    break_even_new_tokens_x_batch=round(compile_s / saved_per_token) if saved_per_token > 0
-                    else None)), flush=True)
+                    break_even_steps=round(compile_s / saved_per_step) if saved_per_step > 0 else None)),
+                      flush=True)
     except (ValueError, OSError) as e:  # unknown model, bad weights, bad flag
         print(f"bench_inference.py: error: {e}", file=sys.stderr)
         return 2

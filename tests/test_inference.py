@@ -421,3 +421,17 @@ def test_benchmark_conversion_to_transformers_gives_the_same_model():
     assert hf_new == gen(model, ids.tolist(), 12)[0]
     with pytest.raises(ValueError, match="qk_norm"):
         to_transformers(tiny_model(qk_norm=True))
+
+
+@pytest.mark.parametrize("batched_positions", [False, True])
+def test_rope_in_reals_matches_the_complex_rotation(batched_positions):
+    """Under torch.compile RotaryEmbedding hands attention (cos, sin) pairs instead of complex numbers
+    (inductor makes no complex kernels): apply_rope must rotate the same either way."""
+    from modules.positional import RotaryEmbedding, apply_rope
+    rope = RotaryEmbedding(head_dim=16, max_len=32, theta=10_000.0)
+    positions = torch.tensor([[3, 4, 5], [0, 1, 2]]) if batched_positions else torch.arange(3)
+    rotation = rope(positions)
+    x = torch.randn(2, 4, 3, 16)
+    real = torch.stack((rotation.real, rotation.imag), dim=-1)
+    assert torch.allclose(apply_rope(x, real), apply_rope(x, rotation), atol=1e-6)
+    assert torch.allclose(apply_rope(x.bfloat16(), real).float(), apply_rope(x.bfloat16(), rotation).float())
