@@ -104,11 +104,19 @@ def decode_fixed_slots(model, cache, tokens: torch.Tensor, next_pos: torch.Tenso
     positions = next_pos[:, None].clone()
     done = tokens == eos_id if eos_id is not None else None
     cache.start_static_writes()
+    cuda_graph = compiled and tokens.device.type == "cuda"
+    if cuda_graph:  # tensors the graph writes in place must keep their addresses between replays
+        for t in [*cache.tensors(), positions]:
+            torch._dynamo.mark_static_address(t)
     n = 1
     while n < steps:
         if done is not None and n % EOS_CHECK_EVERY == 0 and bool(done.all()):
             break
+        if cuda_graph:  # each replay may overwrite the last one's outputs: a new step begins
+            torch.compiler.cudagraph_mark_step_begin()
         result = step(model, tokens[:, None], positions, cache, sampling.greedy)
+        if cuda_graph:
+            result = result.clone()
         tokens = result if sampling.greedy else sample(result, sampling, generator)
         out[:, n] = tokens
         if done is not None:

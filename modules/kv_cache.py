@@ -93,6 +93,11 @@ class KVCache:
         """From now on, write each single-token step at slot `length` (a tensor that `advance` moves on)."""
         self.write_slot = torch.tensor([self.length], device=self.key_valid.device)
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (e.g. to mark their addresses static for CUDA graphs)."""
+        extra = [self.write_slot] if self.write_slot is not None else []
+        return [*self.k, *self.v, self.key_valid, *extra]
+
     def stop_static_writes(self) -> None:
         """Back to growing writes after the slots written so far."""
         self.length, self.write_slot = int(self.write_slot), None
