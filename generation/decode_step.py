@@ -5,7 +5,8 @@ every step, which is right for eager PyTorch but makes a compiler recompile. Her
 and value at a slot given as a tensor (KVCache.start_static_writes) and attends over all the cache's slots
 with a mask hiding the unfilled ones. Nothing in the step depends on a Python number that changes, so one
 compiled graph serves every step: on CPU the small per-layer ops fuse into a few C++ kernels; on CUDA
-mode="reduce-overhead" replays the step as a CUDA graph. Finished rows keep computing (their tokens are
+mode="reduce-overhead" is asked to replay the step as a CUDA graph (written to the PyTorch documentation,
+not run here: no GPU). Finished rows keep computing (their tokens are
 dropped) and eos is checked on the host only every EOS_CHECK_EVERY steps, so the loop has no host sync.
 
 Compiling costs seconds, far more than a short generation takes, so `compile="auto"` decides like renting
@@ -90,22 +91,21 @@ def should_compile(mode: str, batch: int, slots: int, steps: int, device: torch.
 
 
 def decode_fixed_slots(model, cache, tokens: torch.Tensor, next_pos: torch.Tensor, budget: list[int],
-                       sampling: SamplingConfig, generator, eos_id: int | None, compiled: bool = True
-                       ) -> list[list[int]]:
+                       sampling: SamplingConfig, generator, eos_id: int | None) -> list[list[int]]:
     """Continue from the prefilled `cache` and the first sampled `tokens` (B,) at positions next_pos (B,)
-    to each row's budget of new tokens; cut each row at its first eos_id. -> the new ids of each row.
-    compiled=False runs the same step eagerly (to test the compiled one against)."""
-    step = compiled_decode_step() if compiled else decode_step
+    with the compiled step, to each row's budget of new tokens; cut each row at its first eos_id.
+    -> the new ids of each row."""
+    step = compiled_decode_step()
     B, steps = len(budget), max(budget)
-    if compiled:
-        _compiled_shapes.add((B, cache.max_positions))
+    _compiled_shapes.add((B, cache.max_positions))
     out = torch.empty(B, steps, dtype=torch.long, device=tokens.device)
     out[:, 0] = tokens
     positions = next_pos[:, None].clone()
     done = tokens == eos_id if eos_id is not None else None
     cache.start_static_writes()
-    cuda_graph = compiled and tokens.device.type == "cuda"
-    if cuda_graph:  # tensors the graph writes in place must keep their addresses between replays
+    cuda_graph = tokens.device.type == "cuda"
+    if cuda_graph:  # tensors the graph writes in place keep their addresses between replays (a new cache
+        # per generation means one re-recording per generation, not a recompile). Untested: no GPU here.
         for t in [*cache.tensors(), positions]:
             torch._dynamo.mark_static_address(t)
     n = 1
