@@ -8,6 +8,8 @@ compiled graph serves every step: on CPU the small per-layer ops fuse into a few
 mode="reduce-overhead" is asked to replay the step as a CUDA graph (written to the PyTorch documentation,
 not run here: no GPU). Finished rows keep computing (their tokens are
 dropped) and eos is checked on the host only every EOS_CHECK_EVERY steps, so the loop has no host sync.
+In float32 the tokens equal the eager path's (tests/test_inference.py); under bfloat16 autocast inductor
+keeps fused intermediates in float32, so greedy text can part from the eager path's after some tokens.
 
 Compiling costs seconds, far more than a short generation takes, so `compile="auto"` decides like renting
 skis: it runs eagerly until the decode steps it has run eagerly for one shape (batch, cache slots) add up
