@@ -6,8 +6,9 @@ and with the compiled decode step; and what compiling costs (the break-even behi
 
 Prints JSON lines: one describing the machine, one per (model, batch, path) measurement, and one per
 (model, batch) with the speed-ups and the compile break-even: how many decode steps (new tokens per row,
-over any number of generations of that batch size) the compiled step needs to win back its compile time. Sampling uses the
-CLI defaults (temperature 0.7, min_p 0.05) with eos ignored, so every row makes the same number of tokens.
+over any number of generations of that batch size) the compiled step needs to win back its compile time.
+Sampling uses the CLI defaults (temperature 0.7, min_p 0.05) with eos ignored, so every row makes the same
+number of tokens.
 Compile time is measured on the first compiled call of each shape in this process (torch's on-disk
 compile cache, if warm from an earlier run, makes it shorter).
 """
