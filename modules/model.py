@@ -82,8 +82,8 @@ class Model(LoggingModule):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
         if cache is not None and doc_ids is not None:
             raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
-        if cache is not None and start + T > cache.max_len:  # before the mask slices cache.key_valid
-            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
+        if cache is not None and start + T > cache.max_positions:  # before the mask slices cache.key_valid
+            raise ValueError(f"KV cache holds {cache.max_positions} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
@@ -126,11 +126,12 @@ class Model(LoggingModule):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for generation (dtype: that of k/v, e.g. bfloat16 under autocast)."""
+    def new_cache(self, batch_size: int, max_positions: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache of max_positions slots (default: the context) for generation (dtype: that of
+        k/v, e.g. bfloat16 under autocast)."""
         cfg = self.cfg
         param = self.lm_head.weight
-        return KVCache(cfg.num_layers, batch_size, max_len or cfg.max_seq_len, cfg.num_kv_heads, cfg.head_dim,
+        return KVCache(cfg.num_layers, batch_size, max_positions or cfg.max_seq_len, cfg.num_kv_heads, cfg.head_dim,
                        device=param.device, dtype=dtype or param.dtype)
 
     def get_num_params(self, non_embedding: bool = False) -> int:
