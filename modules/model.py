@@ -13,12 +13,12 @@ import torch.utils.checkpoint
 from torch import nn
 
 from config import ModelConfig
-from modules.attention import attention_mask
+from modules.attention import AttentionInputs
 from modules.kv_cache import KVCache
 from modules.layer import Layer
 from modules.logging import LoggingModule, log_io
-from modules.norm import Norm
-from modules.positional import RotaryEmbedding, SinusoidalEmbedding
+from modules.norm import build_norm
+from modules.positional import build_position_encoding
 
 
 class Model(LoggingModule):
@@ -29,17 +29,11 @@ class Model(LoggingModule):
                              "(tools.get_tokenizer(cfg.tokenizer).vocab_len) before building the model")
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_len, cfg.dim)
-        self.pos_embedding = None  # added to the residual stream ('learnable', 'Sinusoidal')
-        self.rope = None           # applied inside attention ('RoPE')
-        if cfg.pos_enc_type == "learnable":
-            self.pos_embedding = nn.Embedding(cfg.max_seq_len, cfg.dim)
-        elif cfg.pos_enc_type == "Sinusoidal":
-            self.pos_embedding = SinusoidalEmbedding(cfg.dim, cfg.max_seq_len)
-        else:
-            self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)
+        # pos_embedding: added to the residual stream ('learnable', 'Sinusoidal'); rope: applied inside attention
+        self.pos_embedding, self.rope = build_position_encoding(cfg)
         self.embed_dropout = nn.Dropout(cfg.dropout_embed)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
+        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = build_norm(cfg.norm_type, cfg.dim, cfg.eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
@@ -75,10 +69,6 @@ class Model(LoggingModule):
         start = cache.length if cache is not None else 0
         if start + T > cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
-        if cache is not None and doc_ids is not None:
-            raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
-        if cache is not None and start + T > cache.max_len:  # before the mask slices cache.key_valid
-            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
@@ -90,23 +80,15 @@ class Model(LoggingModule):
             x = x + self.pos_embedding(positions)
         x = self.embed_dropout(x)
         rope = self.rope(positions) if self.rope is not None else None
+        # what every layer's attention shares: masks, the cache (modules/attention.py decides how to use them)
+        attn_inputs = AttentionInputs(slots, rope, doc_ids, cache)
 
-        # None -> plain causal attention, SDPA's fastest path. With a cache that holds no padding, a prefill
-        # from position 0 and a single new token (which sees everything cached) need no mask either.
-        mask = None
-        plain_cache = cache is None or ((start == 0 or T == 1) and cache.all_valid())
-        if not plain_cache or doc_ids is not None or cfg.sliding_window is not None:
-            key_slots = torch.arange(start + T, device=input_ids.device)
-            key_valid = cache.key_valid[:, :start + T] if cache is not None else None
-            mask = attention_mask(slots, key_slots, cfg.sliding_window, doc_ids, key_valid)
-
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, i, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, attn_inputs, use_reentrant=False)
             else:
-                x = layer(x, rope, mask, cache, i)
-        if cache is not None:
-            cache.advance(T)
+                x = layer(x, attn_inputs)
+        attn_inputs.advance_cache()
 
         x = self.final_norm(x)
         if last_only:
