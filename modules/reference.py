@@ -48,29 +48,31 @@ def mlp(x: torch.Tensor, module, nonlinearity: str, gated: bool) -> torch.Tensor
 
 
 # --- norms (modules/norm.py NORMS) ----------------------------------------------------------------------
-def _rms(x, eps):
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+# Each normalizes the last dimension of x; `norm` holds eps and any parameters of its own.
+def _rms(x, norm):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + norm.eps)
 
 
-def _layer(x, eps):
+def _layer(x, norm):
     centered = x - x.mean(-1, keepdim=True)
-    return centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + eps)
+    return centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + norm.eps)
 
 
-def _cosine(x, eps):
-    return x / torch.sqrt((x * x).sum(-1, keepdim=True)).clamp(min=eps)
+def _cosine(x, norm):
+    return x / torch.sqrt((x * x).sum(-1, keepdim=True)).clamp(min=norm.eps)
 
 
 NORMS = {"RMSNorm": _rms, "LayerNorm": _layer, "CosineNorm": _cosine}
 
 
-def norm(x: torch.Tensor, norm_type: str, eps: float, weight=None, bias=None) -> torch.Tensor:
-    """Normalize the last dimension, then scale by weight and shift by bias (each optional)."""
+def norm(x: torch.Tensor, norm_type: str, module) -> torch.Tensor:
+    """Normalize the last dimension as norm_type does, then scale by module.weight and shift by module.bias
+    (each may be None)."""
     normalize = pick(NORMS, "norm_type", norm_type, listed_in="NORM_TYPES", where=_where("NORMS"))
-    y = normalize(x.double(), eps)
-    if weight is not None:
-        y = y * weight.double()
-    return y + bias.double() if bias is not None else y
+    y = normalize(x.double(), module)
+    if module.weight is not None:
+        y = y * module.weight.double()
+    return y + module.bias.double() if module.bias is not None else y
 
 
 # --- positions and masks ----------------------------------------------------------------------------
@@ -137,8 +139,7 @@ def self_attention(x: torch.Tensor, module, positions=None, theta: float = 10_00
     k = proj[..., Hq * D:(Hq + Hkv) * D].reshape(B, T, Hkv, D).transpose(1, 2)
     v = proj[..., (Hq + Hkv) * D:].reshape(B, T, Hkv, D).transpose(1, 2)
     if module.q_norm is not None:
-        q = norm(q, "RMSNorm", module.q_norm.eps, module.q_norm.weight)
-        k = norm(k, "RMSNorm", module.k_norm.eps, module.k_norm.weight)
+        q, k = norm(q, "RMSNorm", module.q_norm), norm(k, "RMSNorm", module.k_norm)
     if positions is not None:
         q, k = rope(q, positions, theta), rope(k, positions, theta)
     y = attention(q, k, v, mask(T) if allowed is None else allowed)

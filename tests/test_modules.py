@@ -49,7 +49,7 @@ def test_norm_matches_reference(norm_type, affine, bias, eps):
     x = torch.randn(3, 5, 24) * 3 + 0.5
     y = norm(x)
     assert y.dtype == x.dtype and y.shape == x.shape
-    torch.testing.assert_close(y.double(), reference.norm(x, norm_type, eps, norm.weight, norm.bias),
+    torch.testing.assert_close(y.double(), reference.norm(x, norm_type, norm),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -420,7 +420,7 @@ def test_references_and_builders_raise_on_unknown_names():
     with pytest.raises(ValueError, match="norm_type='DyT' is unknown: modules/norm.py implements 'RMSNorm'"):
         build_norm("DyT", 8, 1e-6)
     with pytest.raises(ValueError, match=r"norm_type='DyT' is unknown: modules/reference.py \(NORMS\)"):
-        reference.norm(x, "DyT", 1e-6)
+        reference.norm(x, "DyT", build_norm("RMSNorm", 8, 1e-6))
     with pytest.raises(ValueError, match="mlp_nonlinearity='Mish' is unknown"):
         reference.activation("Mish")
 
