@@ -417,12 +417,12 @@ def test_implementations_and_references_cover_exactly_the_config_lists(field):
 
 def test_references_and_builders_raise_on_unknown_names():
     x = torch.randn(2, 8)
-    with pytest.raises(ValueError, match="norm_type='DyT' is unknown: modules/norm.py implements 'RMSNorm'"):
-        build_norm("DyT", 8, 1e-6)
-    with pytest.raises(ValueError, match=r"norm_type='DyT' is unknown: modules/reference.py \(NORMS\)"):
-        reference.norm(x, "DyT", build_norm("RMSNorm", 8, 1e-6))
-    with pytest.raises(ValueError, match="mlp_nonlinearity='Mish' is unknown"):
-        reference.activation("Mish")
+    with pytest.raises(ValueError, match="norm_type='Brand_new' is unknown: modules/norm.py implements 'RMSNorm'"):
+        build_norm("Brand_new", 8, 1e-6)
+    with pytest.raises(ValueError, match=r"norm_type='Brand_new' is unknown: modules/reference.py \(NORMS\)"):
+        reference.norm(x, "Brand_new", build_norm("RMSNorm", 8, 1e-6))
+    with pytest.raises(ValueError, match="mlp_nonlinearity='Brand_new' is unknown"):
+        reference.activation("Brand_new")
 
 
 # --- logging ------------------------------------------------------------------------------------------
