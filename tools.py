@@ -61,7 +61,7 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
         model_kw = json.loads((run_dir / "model_config.json").read_text())
         train_path = run_dir / "train_config.json"
         train_kw = json.loads(train_path.read_text()) if train_path.is_file() else {}
-        return ModelConfig(**model_kw), TrainConfig(**train_kw)
+        return ModelConfig.from_dict(model_kw), TrainConfig.from_dict(train_kw)  # old field names too
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise ValueError(f"the configs in {run_dir} are corrupt or from an incompatible version: {e}") from None
 

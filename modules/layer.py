@@ -21,9 +21,10 @@ class Layer(LoggingModule):
 
         self.attn_norm, self.attn = norm(), SelfAttention(cfg, layer_idx)
         self.mlp_norm, self.mlp = norm(), MLP(cfg)
-        # second_resid_norm: also normalize each sublayer's output before the add (Gemma-2 "sandwich")
-        self.attn_out_norm = norm() if cfg.second_resid_norm else nn.Identity()
-        self.mlp_out_norm = norm() if cfg.second_resid_norm else nn.Identity()
+        # post_sublayer_norm: also normalize each sublayer's output before the add (Gemma-2's "sandwich",
+        # https://arxiv.org/abs/2408.00118)
+        self.attn_out_norm = norm() if cfg.post_sublayer_norm else nn.Identity()
+        self.mlp_out_norm = norm() if cfg.post_sublayer_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout_resid)
 
     @log_io

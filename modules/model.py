@@ -37,7 +37,7 @@ class Model(LoggingModule):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
-        if cfg.out_weight_share:
+        if cfg.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # one tensor, two uses
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -74,7 +74,7 @@ class Model(LoggingModule):
             positions = slots
 
         x = self.token_embedding(input_ids)
-        if cfg.scale_first_resid:
+        if cfg.scale_embeddings:
             x = x * math.sqrt(cfg.dim)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions)

@@ -49,8 +49,8 @@ MODEL_BAD = [
     ("dropout_embed", -0.1), ("dropout_embed", 1.0),
     ("dropout_attn", 1.5), ("dropout_resid", "0.1"),
     ("mlp_gated", 1), ("mlp_gated", "True"), ("norm_affine", None), ("norm_bias", 0),
-    ("second_resid_norm", "no"), ("scale_first_resid", 1.0), ("linear_bias", None),
-    ("out_weight_share", "yes"), ("qk_norm", 0),
+    ("post_sublayer_norm", "no"), ("scale_embeddings", 1.0), ("linear_bias", None),
+    ("tie_embeddings", "yes"), ("qk_norm", 0),
 ]
 
 
@@ -284,11 +284,11 @@ def expected_params(c: ModelConfig) -> int:
         attention += 2 * hd * int(c.norm_affine)
     up = hidden * (2 if c.mlp_gated else 1)
     mlp = D * up + b * up + hidden * D + b * D
-    layer = attention + mlp + norm * (4 if c.second_resid_norm else 2)
+    layer = attention + mlp + norm * (4 if c.post_sublayer_norm else 2)
     total = V * D + c.num_layers * layer + norm
     if c.pos_enc_type == "learnable":
         total += c.max_seq_len * D
-    if not c.out_weight_share:
+    if not c.tie_embeddings:
         total += V * D
     return total
 
@@ -315,9 +315,9 @@ def test_preset_parameter_counts(preset):
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(out_weight_share=False),
+    dict(tie_embeddings=False),
     dict(linear_bias=True, norm_type="LayerNorm", norm_bias=True),
-    dict(qk_norm=True, second_resid_norm=True),
+    dict(qk_norm=True, post_sublayer_norm=True),
     dict(pos_enc_type="learnable", norm_affine=False),
     dict(mlp_gated=True, mlp_multiple_of=64, num_kv_heads=1),
     dict(pos_enc_type="Sinusoidal", head_dim=24, mlp_hidden_mult=2.5),

@@ -72,7 +72,7 @@ def test_norm_weights_are_registered_parameters(norm_type):
 
 
 def test_every_norm_weight_is_in_model_parameters():
-    cfg = tiny_cfg(norm_bias=True, qk_norm=True, second_resid_norm=True)
+    cfg = tiny_cfg(norm_bias=True, qk_norm=True, post_sublayer_norm=True)
     model = Model(cfg)
     params = {id(p) for p in model.parameters()}
     norms = [m for m in model.modules() if isinstance(m, Norm)]
