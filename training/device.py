@@ -73,7 +73,7 @@ def cpu_bf16_choice() -> tuple[bool, str]:
     have = [f for f in BF16_CPU_FLAGS if f in flags]
     if not have:
         return False, "float32: this CPU has neither AMX nor AVX512-BF16, so bfloat16 matmuls are emulated (slow)"
-    key = f"{_cpu_model()}|{' '.join(have)}|torch {torch.__version__}"
+    key = f"{cpu_model()}|{' '.join(have)}|torch {torch.__version__}"
     speedup = _cached_probe(key)
     if speedup is None:
         speedup = measure_bf16_speedup()
@@ -83,14 +83,15 @@ def cpu_bf16_choice() -> tuple[bool, str]:
     return False, f"float32: this CPU has {'+'.join(have)} but its bf16 matmuls ran only {speedup:.2f}x float32"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _cached_probe(key: str) -> float | None:
