@@ -2,6 +2,8 @@
 
     model = Model(ModelConfig(vocab_len=1024))
     logits, loss = model(input_ids, targets)      # (B, T, vocab), scalar
+
+Every piece has a slow float64 twin in modules/reference.py that the tests hold it to.
 """
 from __future__ import annotations
 
@@ -125,6 +127,9 @@ class Model(LoggingModule):
         matmul_params = self.get_num_params(non_embedding=True)
         if self.lm_head.weight is self.token_embedding.weight:  # tied: not counted above, still a matmul
             matmul_params += self.lm_head.weight.numel()
-        keys_seen = (T + 1) / 2 if cfg.sliding_window is None else min(cfg.sliding_window, (T + 1) / 2)
-        attention = 2 * 2 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
+        keys_seen = 0.0  # summed over layers: each may have its own window
+        for layer in self.layers:
+            window = layer.attn.sliding_window
+            keys_seen += (T + 1) / 2 if window is None else min(window, (T + 1) / 2)
+        attention = 2 * 2 * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
         return 6 * matmul_params + 3 * attention
