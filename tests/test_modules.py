@@ -368,7 +368,7 @@ def test_per_layer_sliding_window_decodes_like_full_forward():
         steps = [model(ids[:, :4], cache=cache)[0]] + [model(ids[:, t:t + 1], cache=cache)[0] for t in range(4, 10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     assert model.flops_per_token(16) < Model(tiny_cfg(num_layers=2)).flops_per_token(16)  # counted per layer
-    # causality per layer: layer 0 sees 2 tokens, layer 1 all; token 0 still reaches the last position
+    # the masks each layer asks for: plain causal (no mask) for no window, a boolean mask for a window of 2
     inputs = AttentionInputs(torch.arange(6))
     assert inputs.mask(None) == (None, True)
     windowed, is_causal = inputs.mask(2)
