@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Optional
 
-# Allowed values. Adding a nonlinearity from torch.nn.functional is one line: its name here
-# (modules/mlp.py looks it up as F.<name.lower()>, e.g. "Mish" -> F.mish).
+# Allowed values. Each model-side name also needs its code: a table in modules/ (NORMS in norm.py, ACTIVATIONS
+# in mlp.py, POSITION_ENCODINGS in positional.py) and a written-out twin in modules/reference.py; a name
+# listed here without them stops the model build with one line (README "Trying your own idea").
 POS_ENC_TYPES = ("RoPE", "learnable", "Sinusoidal")
 MLP_NONLINEARITIES = ("GeLU", "SiLU", "ReLU")
 NORM_TYPES = ("RMSNorm", "LayerNorm", "CosineNorm")
