@@ -61,8 +61,6 @@ class AttentionInputs:
         self.end = self.start + len(query_slots)
         if cache is not None and doc_ids is not None:
             raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
-        if cache is not None and self.end > cache.max_len:  # before a mask slices cache.key_valid
-            raise ValueError(f"KV cache holds {cache.max_len} positions; {self.end} were asked for")
         self._masks = {}  # sliding_window -> (mask, is_causal)
 
     def keys_values(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,8 +124,8 @@ class SelfAttention(LoggingModule):
             q, k = self.q_norm(q), self.k_norm(k)
         if inputs.rope is not None:
             q, k = apply_rope(q, inputs.rope), apply_rope(k, inputs.rope)
-        k, v = inputs.keys_values(self.layer_idx, k, v)
-        mask, is_causal = inputs.mask(self.sliding_window)
+        k, v = inputs.keys_values(self.layer_idx, k, v)  # first: the cache refuses an overflow before a mask
+        mask, is_causal = inputs.mask(self.sliding_window)  # would slice its key_valid
         y = self.attend(q, k, v, mask, is_causal)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side again, then mix them
 
