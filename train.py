@@ -119,7 +119,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                 f"{model.get_num_params() / 1e6:.2f}M parameters, {machine.device.type} {str(machine.dtype)[6:]}, "
                 f"{world} process(es), {tokens_per_step:,} tokens/step, "
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
-    machine.say(f"precision: {machine.dtype_reason}")
+    machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
                         enabled=machine.is_main)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream

@@ -66,3 +66,36 @@ def test_auto_choice_matches_a_measured_probe_on_this_machine(fresh_probe):
         assert dtype == torch.float32, why
     else:
         pytest.skip(f"bf16 speedup {speedup:.2f}x is too close to the {dev.BF16_MIN_SPEEDUP}x threshold to judge")
+
+
+def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(dev, "busy_cores", lambda: pytest.fail("must not look at the load"))
+    threads, why = dev.cpu_threads_choice()
+    assert threads == torch.get_num_threads() and "OMP_NUM_THREADS" in why
+
+
+@pytest.mark.parametrize("busy,expected", [(0.0, 4), (1.3, 3), (3.6, 1), (8.0, 1), (float("nan"), None)])
+def test_threads_take_the_cores_others_leave_free(monkeypatch, busy, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(dev, "busy_cores", lambda: busy)
+    threads, why = dev.cpu_threads_choice()
+    assert threads == (torch.get_num_threads() if expected is None else expected)
+    assert ("load unknown" in why) if expected is None else f"{threads} of 4 cores" in why
+
+
+def test_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+    idle = dev.busy_cores(0.2)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        dev.busy_cores(0.3)  # let it start
+        busy = dev.busy_cores(0.5)
+    finally:
+        spinner.kill()
+    if idle != idle:  # NaN: no /proc/stat here
+        pytest.skip("no /proc/stat on this system")
+    assert 0 <= idle <= (dev.os.cpu_count() or 1) + 0.1
+    assert busy >= 0.7, busy  # the spinner alone keeps one core busy

@@ -113,6 +113,39 @@ def _store_probe(key: str, speedup: float) -> None:
         pass  # a read-only home only costs a probe per process
 
 
+def busy_cores(seconds: float = 0.1) -> float:
+    """How many cores all processes kept busy over the next `seconds` (Linux /proc/stat; NaN elsewhere)."""
+    def sample() -> tuple[float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]  # idle + iowait
+        return sum(v[:8]) - idle, sum(v[:8])
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    cores = os.cpu_count() or 1
+    return cores * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def cpu_threads_choice() -> tuple[int, str]:
+    """Intra-op threads for CPU training, and why. Tiny models on a busy machine run up to 25x slower with a
+    thread per core than with one (OpenMP threads spin-wait for a core another process holds; measured in
+    bench/README.md), while on an idle machine every core helps. So: OMP_NUM_THREADS if set, else the cores
+    that other processes leave free right now (a 0.1 s look at /proc/stat), at least one."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), f"{torch.get_num_threads()} thread(s), as OMP_NUM_THREADS says"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cores()
+    if math.isnan(busy):
+        return torch.get_num_threads(), f"{torch.get_num_threads()} thread(s) (torch's default; load unknown)"
+    threads = max(1, min(cores, round(cores - busy)))
+    return threads, (f"{threads} of {cores} cores (other processes kept {busy:.1f} busy; "
+                     f"set OMP_NUM_THREADS to choose)")
+
+
 def dtype_choice(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     """The dtype for `--dtype=name` on `device`, and a short reason for the run header.
     'auto': bfloat16 autocast on CUDA GPUs that support it and on CPUs whose bf16 matmuls are really faster;

@@ -13,7 +13,7 @@ from config import ModelConfig, TrainConfig
 from data.batches import TokenBatches
 from modules.model import Model
 from training import distributed
-from training.device import dtype_choice, pick_device
+from training.device import cpu_threads_choice, dtype_choice, pick_device
 from training.optim import build_optimizers, optimizer_builder
 from training.schedule import anneal_shape
 
@@ -27,7 +27,7 @@ class Machine:
     device: torch.device
     dtype: torch.dtype
     dist: distributed.Dist
-    dtype_reason: str = ""  # why dtype='auto' chose what it did, for the run header
+    dtype_reason: str = ""  # why dtype="auto" chose what it did (and on a CPU the thread count): the run header
 
     @property
     def is_main(self) -> bool:
@@ -51,6 +51,10 @@ def set_up(train_cfg: TrainConfig) -> Machine:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
     dtype, why = dtype_choice(train_cfg.dtype, device)
+    if device.type == "cpu":
+        threads, threads_why = cpu_threads_choice()
+        torch.set_num_threads(threads)
+        why += f"; threads: {threads_why}"
     return Machine(device, dtype, info, why)
 
 
