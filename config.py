@@ -7,9 +7,7 @@ This file imports nothing from the rest of the project: everything else reads it
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import typing
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -24,6 +22,23 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
+
+
+# Fields that were renamed: old name -> new name. Saved runs and old command lines keep working.
+RENAMED_FIELDS: dict[str, str] = {}
+
+
+def renamed(values: dict, known: set[str], where: str) -> dict:
+    """`values` with old field names replaced by their new ones; a name `known` does not hold is an error."""
+    out = {}
+    for key, value in values.items():
+        new = RENAMED_FIELDS.get(key, key)
+        if new not in known:
+            raise ValueError(f"{where} has no field {key!r}")
+        if new in out:
+            raise ValueError(f"{where}: {key!r} and {new!r} are the same field (renamed): give one of them")
+        out[new] = value
+    return out
 
 
 class _Validated:
@@ -61,6 +76,12 @@ class _Validated:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """Build from saved values (a run's JSON): old field names are mapped through RENAMED_FIELDS, so runs
+        saved before a rename still load; an unknown name is a ValueError naming it."""
+        return cls(**renamed(values, {f.name for f in fields(cls)}, cls.__name__))
 
 
 @dataclass
@@ -178,9 +199,9 @@ class TrainConfig(_Validated):
     checkpoint_interval: int = 500      # save a resumable checkpoint every this many steps (and at the end)
     # --- optimizer ---
     optimizer: str = "adamw"            # 'adamw', or 'muon' (Muon for hidden matrices, AdamW for the rest)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    epsilon: float = 1e-8
+    beta1: float = 0.9                  # AdamW's decay rate of the gradient mean (momentum)
+    beta2: float = 0.95                 # AdamW's decay rate of the squared-gradient mean
+    epsilon: float = 1e-8               # AdamW's denominator guard
     weight_decay: float = 0.1           # not applied to norms, biases or embeddings
     grad_clip: float = 1.0              # max global grad norm; 0 = off
     muon_lr: float = 0.02               # learning rate of Muon's matrices (scaled by the same schedule)
@@ -254,9 +275,9 @@ _GPU = dict(dtype="auto", compile=True, micro_batch_size=16, eval_interval=250, 
 PRESETS: dict[str, dict] = {
     # ~1M-parameter models for a laptop CPU, as in the original template
     "gpt2_atto": dict(_GPT2, dim=128, num_layers=4, num_q_heads=4, num_kv_heads=4, max_seq_len=256,
-                      tokenizer="bpe_tinyStories", vocab_len=1024),
+                      tokenizer="bpe_tinyStories", vocab_len=1024, dataset="data/samples/tinystories"),
     "llama3_atto": dict(_LLAMA3, dim=128, num_layers=5, num_q_heads=4, num_kv_heads=2, max_seq_len=256,
-                        tokenizer="bpe_tinyStories", vocab_len=1024),
+                        tokenizer="bpe_tinyStories", vocab_len=1024, dataset="data/samples/tinystories"),
     # nanoGPT's CPU Shakespeare reference run (bytes = characters for this ASCII text), and the
     # same size and schedule with the Llama-3 architecture
     "nanogpt_shakespeare": dict(_GPT2, linear_bias=False, norm_bias=False, dim=128, num_layers=4,
@@ -287,86 +308,3 @@ MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 if MODEL_FIELDS & TRAIN_FIELDS:  # one flat `--key=value` namespace needs unique names
     raise RuntimeError(f"fields in both configs: {MODEL_FIELDS & TRAIN_FIELDS}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Building configs from presets, saved runs and `--key=value` strings.
-def _field_types(cls) -> dict:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls)}
-
-
-def parse_value(cls, name: str, text: str):
-    """Parse a command-line string by the field's declared type: 'None', bools, ints, floats, str."""
-    typ = _field_types(cls)[name]
-    optional = typing.get_origin(typ) is typing.Union and type(None) in typing.get_args(typ)
-    if optional:
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
-    if optional and text.strip().lower() in ("none", "null"):
-        return None
-    try:
-        if typ is bool:
-            low = text.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            try:
-                return int(text)  # exact however long (a float would round e.g. a 20-digit seed)
-            except ValueError:
-                number = float(text)  # '1e3' -> 1000
-                if not number.is_integer():
-                    raise
-                return int(number)
-        if typ is float:
-            return float(text)
-    except ValueError:
-        raise ValueError(f"--{name}={text!r} is not a valid {typ.__name__}") from None
-    return text
-
-
-def unknown_key_error(key: str) -> ValueError:
-    close = difflib.get_close_matches(key, sorted(MODEL_FIELDS | TRAIN_FIELDS), n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " See config.py for the fields."
-    return ValueError(f"unknown config field {key!r}.{hint}")
-
-
-def build_configs(overrides: dict | None = None, preset: str | None = None,
-                  base: tuple[dict, dict] | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Defaults <- saved run configs (`base`) <- preset <- overrides. Values may be strings (from a CLI)."""
-    model_kw, train_kw = (dict(base[0]), dict(base[1])) if base else ({}, {})
-    layers = []
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset={preset!r} is unknown; presets are: {', '.join(PRESETS)}")
-        layers.append(PRESETS[preset])
-    layers.append(overrides or {})
-    for layer in layers:
-        for key, value in layer.items():
-            if key in MODEL_FIELDS:
-                model_kw[key] = parse_value(ModelConfig, key, value) if isinstance(value, str) else value
-            elif key in TRAIN_FIELDS:
-                train_kw[key] = parse_value(TrainConfig, key, value) if isinstance(value, str) else value
-            else:
-                raise unknown_key_error(key)
-    if "head_dim" in model_kw and any(k in (overrides or {}) for k in ("dim", "num_q_heads")) \
-            and "head_dim" not in (overrides or {}):
-        model_kw["head_dim"] = None  # derived from a saved config: re-derive when dim/heads change
-    return ModelConfig(**model_kw), TrainConfig(**train_kw)
-
-
-def parse_cli(argv: list[str]) -> tuple[dict, list[str]]:
-    """Split `--key=value` arguments into a dict; return it with the remaining (positional) arguments."""
-    overrides, rest = {}, []
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            if not eq:
-                value = "true"  # a bare flag such as --resume or --compile
-            overrides[key.replace("-", "_")] = value
-        else:
-            rest.append(arg)
-    return overrides, rest
-

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 import tools
-from config import ModelConfig, TrainConfig, build_configs, parse_cli
+from cli import build_configs, split_args as parse_cli
+from config import ModelConfig, TrainConfig
 from data.sources import HubUnreachableError
 from modules.model import Model
 from training import distributed

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import TrainConfig, build_configs  # noqa: E402
+from cli import build_configs  # noqa: E402
+from config import TrainConfig  # noqa: E402
 from data.batches import TokenBatches  # noqa: E402
 from data.pretokenize import load_tokens  # noqa: E402
 from data.sources import iter_documents  # noqa: E402

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from bench.machine import cpu_name  # noqa: E402
 
 import tools  # noqa: E402
-from config import build_configs  # noqa: E402
+from cli import build_configs  # noqa: E402
 from inference import generate_ids  # noqa: E402
 from modules.model import Model  # noqa: E402
 

@@ -145,7 +145,7 @@ class TrainStep:
         from tqdm import tqdm
 
         import tools
-        from config import build_configs
+        from cli import build_configs
         from data.batches import TokenBatches
         from data.pretokenize import load_tokens
         from modules.model import Model
@@ -444,7 +444,7 @@ def scaling_table(base_args: list[str], preset: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import parse_cli
+    from cli import split_args as parse_cli
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

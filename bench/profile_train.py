@@ -180,7 +180,7 @@ def run_py_spy(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from config import parse_cli
+    from cli import split_args as parse_cli
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from config import (MLP_NONLINEARITIES, PRESETS, ModelConfig, TrainConfig, build_configs, parse_cli,
-                    parse_value)
+from cli import build_configs
+from config import MLP_NONLINEARITIES, PRESETS, ModelConfig, TrainConfig
 from modules.mlp import activation
 from modules.model import Model
 
@@ -261,19 +261,6 @@ def test_base_configs_rederive_head_dim():
     assert m.head_dim == 16  # re-derived from the new dim, not the saved 32
     m, _ = build_configs({"dim": "64", "head_dim": "32"}, base=base)
     assert m.head_dim == 32
-
-
-def test_parse_cli():
-    overrides, rest = parse_cli(["--dim=64", "--compile", "--lr-max=1e-3", "prompt text", "--model_name=x=y"])
-    assert overrides == {"dim": "64", "compile": "true", "lr_max": "1e-3", "model_name": "x=y"}
-    assert rest == ["prompt text"]
-    m, t = build_configs(overrides)
-    assert m.dim == 64 and t.compile is True and t.lr_max == 1e-3 and t.model_name == "x=y"
-
-
-def test_parse_value_direct():
-    assert parse_value(ModelConfig, "head_dim", "None") is None
-    assert parse_value(TrainConfig, "dataset", "None") == "None"  # a plain str field keeps the text
 
 
 # --- nonlinearities ---------------------------------------------------------------------------------
