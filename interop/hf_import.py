@@ -42,7 +42,7 @@ def read_config(folder: Path) -> tuple[ModelConfig, dict]:
     saved = hf.get(CONFIG_KEY)
     if isinstance(saved, dict):  # exported by us: our own config back, if config.json still describes it
         try:
-            ours = ModelConfig(**saved)
+            ours = ModelConfig.from_dict(saved)
         except (TypeError, ValueError):
             ours = None
         if ours is not None and all(hf.get(k) == v for k, v in arch.hf_config(ours).items()):

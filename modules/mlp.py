@@ -1,6 +1,8 @@
 """Feed-forward block: up-project, nonlinearity, down-project; optionally gated (SwiGLU / GeGLU)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,8 @@ from modules.logging import LoggingModule, log_io
 
 def activation(name: str):
     """config.MLP_NONLINEARITIES names map to torch.nn.functional by lower case: 'GeLU' -> F.gelu."""
+    if name == "GeLU_tanh":  # GPT-2's tanh approximation of GeLU, so imported GPT-2 weights run exactly
+        return functools.partial(F.gelu, approximate="tanh")
     return getattr(F, name.lower())
 
 
