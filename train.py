@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import tools
 from cli import build_configs, split_args as parse_cli
-from config import ModelConfig, TrainConfig
+from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from data.sources import HubUnreachableError
 from modules.model import Model
 from training import distributed
@@ -32,6 +32,7 @@ from training.device import autocast, peak_flops, pick_device, pick_dtype
 from training.optim import build_optimizers, set_lr
 from training.run_log import RunLog
 from training.schedule import lr_at
+from training.trackers import Tracker, make_tracker
 
 
 class TrainingError(Exception):
@@ -62,6 +63,11 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool]:
         if not resume:
             base[1]["model_name"] = None  # a new run needs its own name
     model_cfg, train_cfg = build_configs(overrides, preset, base)
+    if train_cfg.init_from is not None and not resume:  # the architecture is the source's
+        from interop import init_from
+        given = set(overrides) | set(PRESETS.get(preset, {})) | set(base[0] if base else {})
+        given = {RENAMED_FIELDS.get(k, k) for k in given} & MODEL_FIELDS
+        model_cfg = init_from.model_config(train_cfg.init_from, {k: getattr(model_cfg, k) for k in given})
 
     if model_cfg.vocab_len is None:  # the tokenizer decides
         model_cfg = dataclasses.replace(model_cfg, vocab_len=tools.get_tokenizer(model_cfg.tokenizer).vocab_len)
@@ -147,6 +153,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
     torch.manual_seed(cfg.seed)
     tokenizer = tools.get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
     say = print if info.is_main else (lambda *a, **k: None)
+    tracker = make_tracker(cfg.tracker) if info.is_main else Tracker()  # a missing package fails here, early
 
     # data: rank 0 tokenizes into the cache, the others then read it
     T = model_cfg.max_seq_len
@@ -186,6 +193,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
         say(f"resuming {run_dir.name} from step {step} ({checkpoint})")
     elif resume:
         say(f"no complete checkpoint in {run_dir}: starting from step 0")
+    if resumed_state is None and cfg.init_from is not None:
+        from interop import init_from
+        init_from.load_weights(model, cfg.init_from)
+        say(f"starting from the weights of {cfg.init_from}")
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -195,6 +206,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
             shutil.rmtree(run_dir)  # --overwrite
         write_json(run_dir / "model_config.json", model_cfg.to_dict())
         write_json(run_dir / "train_config.json", cfg.to_dict())
+        tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, step if resume else None)
     flops_per_token = model.flops_per_token(T)
     peak = peak_flops(device.type, dtype) * info.world_size
     say(f"{run_dir.name}: {model.get_num_params() / 1e6:.2f}M parameters, {device.type} {str(dtype)[6:]}, "
@@ -245,6 +257,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
                        mfu=round(flops_per_token * tokens_per_sec / peak, 5))
             if info.is_main:
                 log.append(row)
+                tracker.log(row)
             if val_loss < best_val:
                 best_val = val_loss
                 model_state = full_states(state_owner, [], info)[0] if cfg.parallel == "fsdp" else None
@@ -270,6 +283,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
                 save_checkpoint(run_dir, done, model, state, model_state)
             distributed.barrier(info)
     progress.close()
+    tracker.finish()
     distributed.shutdown()
     final = log.rows[-1] if log.rows else {}
     say(f"done: {run_dir} (best val loss {best_val:.4f})")

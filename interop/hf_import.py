@@ -75,21 +75,28 @@ def read_folder(folder: str | Path) -> tuple[ModelConfig, dict, bool]:
     return cfg, {k: v.float().contiguous() for k, v in state.items()}, isinstance(hf.get(CONFIG_KEY), dict)
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors file(s) of a transformers folder; FileNotFoundError when there are none."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    if (folder / SAFETENSORS_INDEX).is_file():  # sharded: the index maps each weight to its file
+        try:
+            weight_map = json.loads((folder / SAFETENSORS_INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{folder / SAFETENSORS_INDEX} is corrupt ({e})") from None
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    hint = (" (it has pytorch_model.bin, a pickle we do not load; re-save it with "
+            "save_pretrained(folder, safe_serialization=True))") if (folder / "pytorch_model.bin").exists() else ""
+    raise FileNotFoundError(f"{folder} has no model.safetensors{hint}")
+
+
 def _read_safetensors(folder: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif (folder / SAFETENSORS_INDEX).is_file():  # sharded: the index maps each weight to its file
-        weight_map = json.loads((folder / SAFETENSORS_INDEX).read_text())["weight_map"]
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-    else:
-        hint = (" (it has pytorch_model.bin, a pickle we do not load; re-save it with "
-                "save_pretrained(folder, safe_serialization=True))") if (folder / "pytorch_model.bin").exists() else ""
-        raise FileNotFoundError(f"{folder} has no model.safetensors{hint}")
     tensors = {}
-    for path in files:
+    for path in weight_files(folder):
         try:
             tensors.update(load_file(str(path)))
         except (SafetensorError, OSError) as e:

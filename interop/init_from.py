@@ -38,8 +38,11 @@ def source_config(source: str) -> tuple[ModelConfig, bool]:
     """(the source's architecture, whether it names its tokenizer)."""
     kind, path = _kind(source)
     if kind == "run":
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"--init_from={source}: the run has no model.safetensors yet")
         return tools.load_configs(path)[0], True
     cfg, hf = hf_import.read_config(path)
+    hf_import.weight_files(path)  # fail now, before any data is read
     return cfg, isinstance(hf.get(hf_import.CONFIG_KEY), dict)
 
 

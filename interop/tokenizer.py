@@ -23,7 +23,10 @@ SPACE = "\u2581"  # sentencepiece's space
 
 def build(tokenizer: Tokenizer):
     """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` does."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, processors
+    try:
+        from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, processors
+    except ImportError:
+        raise ValueError("exporting a tokenizer needs the tokenizers package: pip install transformers") from None
 
     if isinstance(tokenizer, ByteTokenizer):
         specials = {"<s>": tokenizer.bos_id, "</s>": tokenizer.eos_id, "<pad>": tokenizer.pad_id}

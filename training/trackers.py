@@ -11,6 +11,7 @@ WANDB_MODE says otherwise (`wandb sync <run_dir>/wandb/offline-run-*` uploads a 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -77,6 +78,9 @@ TRACKER_CLASSES = {"none": Tracker, "tensorboard": TensorBoardTracker, "wandb": 
 
 
 def make_tracker(name: str) -> Tracker:
+    """The tracker `name`; a missing package is a ValueError now, before any data is read."""
     if name not in TRACKER_CLASSES:
         raise ValueError(f"tracker={name!r} is unknown: allowed values are {', '.join(map(repr, TRACKER_CLASSES))}")
+    if name != "none" and importlib.util.find_spec(name) is None:
+        raise ValueError(f"--tracker={name} needs the {name} package: pip install {name}")
     return TRACKER_CLASSES[name]()
