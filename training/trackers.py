@@ -71,7 +71,9 @@ class WandbTracker(Tracker):
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
     def finish(self):
+        import wandb
         self.run.finish()
+        wandb.teardown()  # wait for W&B's background process to write everything to disk
 
 
 TRACKER_CLASSES = {"none": Tracker, "tensorboard": TensorBoardTracker, "wandb": WandbTracker}
