@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
+
+from training.device import cpu_flags, cpu_model
+
+# the instruction sets that decide CPU matmul speed, and so whether bfloat16 pays (see training/device.py)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name."""
+    return cpu_model()
+
+
+def cpu_features() -> str:
+    """The speed-relevant instruction sets this CPU has, e.g. 'avx2 avx512f avx512_bf16' (every figure names them)."""
+    flags = cpu_flags()
+    return " ".join(f for f in SPEED_FLAGS if f in flags) or "none of " + "/".join(SPEED_FLAGS)
 
 
 def cpu_busy_s() -> float:

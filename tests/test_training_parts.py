@@ -82,17 +82,6 @@ def test_muon_trains_matrices_and_adamw_the_rest():
     assert losses[-1] < losses[0] - 0.3
 
 
-def test_auto_dtype_is_bfloat16_only_where_it_is_fast(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
-    assert devices.pick_dtype("auto", cpu) == torch.float32
-    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
-    assert devices.pick_dtype("auto", cpu) == torch.bfloat16
-    assert devices.pick_dtype("auto", torch.device("mps")) == torch.float32  # safe default on Apple GPUs
-    assert devices.pick_dtype("float32", cpu) == torch.float32
-    assert devices.pick_dtype("bfloat16", cpu) == torch.bfloat16
-
-
 def test_missing_devices_are_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):

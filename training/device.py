@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import math
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -27,26 +31,110 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_amx() -> bool:
-    """Intel AMX runs bfloat16 matmuls several times faster than float32; without it bf16 is slower."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # instructions that make bfloat16 matmuls fast on x86 CPUs
+BF16_MIN_SPEEDUP = 1.3  # bf16 must beat float32 matmuls by this much to be worth autocast's casts
+PROBE_CACHE = Path.home() / ".cache" / "templateGPT" / "cpu_bf16_probe.json"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere, e.g. macOS)."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def measure_bf16_speedup(size: int = 384, repeats: int = 5) -> float:
+    """float32 time / bfloat16 time of one size^3 matmul on this CPU: best of `repeats`, alternating the two
+    (a few ms in all), so a busy machine slows both alike."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    best = {"float32": math.inf, "bfloat16": math.inf}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (x, y) in (("float32", (a, b)), ("bfloat16", (a16, b16))):
+            start = time.perf_counter()
+            x @ y
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best["float32"] / best["bfloat16"]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_choice() -> tuple[bool, str]:
+    """Whether bfloat16 autocast pays on this CPU, and why. CPUs without AMX or AVX512-BF16 emulate bf16 and run
+    it far slower (~100x on AVX2-only EPYCs), so they get float32 without a probe; on the others a one-time
+    matmul probe decides, cached in PROBE_CACHE per CPU model, flags and torch version."""
+    flags = cpu_flags()
+    have = [f for f in BF16_CPU_FLAGS if f in flags]
+    if not have:
+        return False, "float32: this CPU has neither AMX nor AVX512-BF16, so bfloat16 matmuls are emulated (slow)"
+    key = f"{cpu_model()}|{' '.join(have)}|torch {torch.__version__}"
+    speedup = _cached_probe(key)
+    if speedup is None:
+        speedup = measure_bf16_speedup()
+        _store_probe(key, speedup)
+    if speedup >= BF16_MIN_SPEEDUP:
+        return True, f"bfloat16 autocast: this CPU has {'+'.join(have)} and its bf16 matmuls ran {speedup:.1f}x float32"
+    return False, f"float32: this CPU has {'+'.join(have)} but its bf16 matmuls ran only {speedup:.2f}x float32"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cached_probe(key: str) -> float | None:
+    try:
+        return float(json.loads(PROBE_CACHE.read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no cache yet, or an unreadable one: probe again
+
+
+def _store_probe(key: str, speedup: float) -> None:
+    try:
+        cache = json.loads(PROBE_CACHE.read_text()) if PROBE_CACHE.is_file() else {}
+        cache[key] = round(speedup, 3)
+        PROBE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = PROBE_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, PROBE_CACHE)
+    except (OSError, ValueError):
+        pass  # a read-only home only costs a probe per process
+
+
+def dtype_choice(name: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype for `--dtype=name` on `device`, and a short reason for the run header.
+    'auto': bfloat16 autocast on CUDA GPUs that support it and on CPUs whose bf16 matmuls are really faster;
+    float32 elsewhere. MPS stays float32 unless asked: bf16 autocast there is recent and a source of NaNs."""
+    if name == "float32":
+        return torch.float32, "float32 (as asked)"
+    if name == "bfloat16":
+        return torch.bfloat16, "bfloat16 autocast (as asked)"
+    if name != "auto":
+        raise ValueError(f"dtype={name!r} is unknown: allowed values are 'auto', 'float32', 'bfloat16'")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bfloat16 autocast: this GPU supports it"
+        return torch.float32, "float32: this GPU has no bfloat16"
+    if device.type == "cpu":
+        use_bf16, why = cpu_bf16_choice()
+        return (torch.bfloat16 if use_bf16 else torch.float32), why
+    return torch.float32, f"float32: the safe default on {device.type}"
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 autocast on CUDA GPUs that support it and on AMX CPUs; float32 elsewhere.
-    MPS stays float32 unless asked: bf16 autocast there is recent and a common source of NaNs."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_amx():
-        return torch.bfloat16
-    return torch.float32
+    return dtype_choice(name, device)[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
