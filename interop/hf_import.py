@@ -15,6 +15,8 @@ from interop.architectures import for_import
 from interop.export import CONFIG_KEY
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# weights a model of ours may lack and the export then writes as ones / zeros: such a model imports with them
+_WEIGHT_FLAGS = ("norm_affine", "norm_bias", "linear_bias")
 
 
 def read_config(folder: Path) -> tuple[ModelConfig, dict]:
@@ -45,9 +47,11 @@ def read_config(folder: Path) -> tuple[ModelConfig, dict]:
             ours = ModelConfig.from_dict(saved)
         except (TypeError, ValueError):
             ours = None
-        if ours is not None and all(hf.get(k) == v for k, v in arch.hf_config(ours).items()):
+        same_weights = ours is not None and all(getattr(ours, f) == getattr(cfg, f) for f in _WEIGHT_FLAGS)
+        if same_weights and all(hf.get(k) == v for k, v in arch.hf_config(ours).items()):
             cfg = ours
-        elif ours is not None:  # config.json was edited since: its architecture, our tokenizer name
+        elif ours is not None:  # edited since, or exported ones/zeros for missing weights: config.json's
+            # architecture (the same function), our tokenizer name
             cfg = ModelConfig(**{**cfg.to_dict(), "tokenizer": ours.tokenizer})
     return cfg, hf
 

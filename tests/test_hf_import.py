@@ -125,3 +125,24 @@ def test_bad_sources_are_one_line(sample_data, tmp_path, trained_dir, capsys):
     assert "rope_type='linear'" in err(str(tmp_path / "scaled"))
     (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "hf" / "pytorch_model.bin")
     assert "no model.safetensors" in err(str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("changes", [dict(pos_enc_type="learnable", norm_type="LayerNorm", mlp_gated=False,
+                                          linear_bias=False, norm_bias=False, norm_affine=False),
+                                     dict(mlp_gated=True, mlp_nonlinearity="GeLU_tanh", linear_bias=True,
+                                          norm_affine=False, out_weight_share=False, num_kv_heads=1)])
+def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_path):
+    from config import ModelConfig
+    from training.checkpoint import save_weights, write_json
+    cfg = ModelConfig(dim=32, num_layers=2, num_q_heads=4, max_seq_len=32, tokenizer="byte", vocab_len=259, **changes)
+    model = Model(cfg).eval()
+    write_json(tmp_path / "run" / "model_config.json", cfg.to_dict())
+    save_weights(model, tmp_path / "run" / "model.safetensors")
+    export_run(tmp_path / "run", tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    again = ours_from(str(tmp_path / "hf"))
+    ids = torch.randint(0, 259, (2, 32))
+    with torch.no_grad():
+        expected = model(ids)[0]
+        assert (hf(ids).logits - expected).abs().max().item() <= 1e-5
+        assert (again(ids)[0] - expected).abs().max().item() <= 1e-6  # imported with the ones and zeros
