@@ -28,3 +28,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def trained_dir(tmp_path, monkeypatch) -> Path:
+    """A private trained/ for runs a test makes (tools and train.py both look there)."""
+    import tools
+    path = tmp_path / "trained"
+    monkeypatch.setattr(tools, "TRAINED_DIR", path)
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
+    return path

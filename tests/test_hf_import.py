@@ -65,14 +65,6 @@ def test_export_then_import_is_exact(run, tmp_path):
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
 
 
-@pytest.fixture
-def trained_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
-    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
-    return path
-
-
 def run_args(sample_data: Path, tmp_path: Path, name: str, source: str, **extra) -> list[str]:
     """One step at learning rate 0: the saved weights are the source's, unchanged."""
     settings = dict(init_from=source, tokenizer="byte", max_seq_len=32, dataset=str(sample_data / "tinystories"),

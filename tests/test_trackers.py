@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import tools
 import train
 from tests.helpers import read_log
 from training import trackers
 from training.trackers import make_tracker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def trained_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
-    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
-    return path
 
 
 @pytest.fixture
