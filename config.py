@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -23,6 +24,11 @@ DTYPES = ("auto", "float32", "bfloat16")
 SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
 TRACKERS = ("none", "tensorboard", "wandb")
+# A run name is a folder in trained/ that inference finds again by name: letters, digits and . _ - + =,
+# not starting with '.', '-' or '~' (hidden files, options, home folders), short enough for any file system.
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
+MAX_SEED = 2**64 - 1             # torch.manual_seed's range
+MAX_MLP_WIDTH_MULT = 64          # mlp_hidden_mult above this is a typo, not an experiment (and an OOM)
 
 
 # Fields that were renamed: old name -> new name. Saved runs and old command lines keep working.
@@ -138,7 +144,7 @@ class ModelConfig(_Validated):
         self._choice("mlp_nonlinearity", MLP_NONLINEARITIES)
         self._choice("norm_type", NORM_TYPES)
         self._float("theta", lo=0, lo_open=True)
-        self._float("mlp_hidden_mult", lo=0, lo_open=True)
+        self._float("mlp_hidden_mult", lo=0, hi=MAX_MLP_WIDTH_MULT, lo_open=True)
         self._float("eps", lo=0, hi=1, lo_open=True)
         self._float("init_std", lo=0, lo_open=True)
         self._float("logit_softcap", lo=0, lo_open=True, optional=True)
@@ -162,6 +168,13 @@ class ModelConfig(_Validated):
             self._fail("dim", "Sinusoidal positions need an even dim")
         if self.norm_bias and not self.norm_affine:
             self._fail("norm_bias", "a norm bias needs norm_affine=True")
+        width = round(self.mlp_hidden_mult * self.dim * (2 / 3 if self.mlp_gated else 1))
+        if width < 1:
+            self._fail("mlp_hidden_mult", f"gives the MLP zero width with dim={self.dim}: it needs "
+                                          f"mlp_hidden_mult * dim >= 1 (x2/3 when gated)")
+        if self.mlp_multiple_of > width:  # rounding up to it would more than double the MLP
+            self._fail("mlp_multiple_of", f"must not exceed the MLP width it rounds, {width} "
+                                          f"(mlp_hidden_mult * dim{' * 2/3' if self.mlp_gated else ''})")
 
     @property
     def mlp_hidden_dim(self) -> int:
@@ -224,9 +237,10 @@ class TrainConfig(_Validated):
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
 
     def __post_init__(self):
-        if self.model_name is not None and (not isinstance(self.model_name, str) or not self.model_name
-                                            or "/" in self.model_name or self.model_name.startswith(".")):
-            self._fail("model_name", "must be a plain folder name (no '/', not starting with '.')")
+        if self.model_name is not None and (not isinstance(self.model_name, str)
+                                            or not RUN_NAME.fullmatch(self.model_name)):
+            self._fail("model_name", "must be a folder name inference can find again: 1-100 letters, digits "
+                                     "and . _ - + =, not starting with '.' or '-'")
         if not isinstance(self.dataset, str) or not self.dataset:
             self._fail("dataset", "must be a hub name like 'noanabeshima/TinyStoriesV2' or a local path")
         self._choice("device", DEVICES)
@@ -242,6 +256,16 @@ class TrainConfig(_Validated):
                      "checkpoint_interval"):
             self._int(name)
         self._int("seed", minimum=0)
+        if self.seed > MAX_SEED:
+            self._fail("seed", f"must be at most 2**64 - 1 = {MAX_SEED} (torch.manual_seed's range)")
+        for name in ("cache_dir", "text_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                self._fail(name, "must not be empty" + (" (it would write into the current folder)"
+                                                        if name == "cache_dir" else ""))
+        for name in ("data_subset", "doc_separator"):
+            if getattr(self, name) is not None and (not isinstance(getattr(self, name), str)
+                                                    or not getattr(self, name)):
+                self._fail(name, "must be a non-empty string or None")
         for name in ("warmup_iters", "final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
         for name in ("compile", "streaming", "doc_masking", "activation_checkpointing"):
@@ -262,6 +286,22 @@ class TrainConfig(_Validated):
             self._fail("lr_min", f"must not exceed lr_max={self.lr_max}")
         if self.warmup_iters + self.final_flat_iters > self.max_iters:
             self._fail("warmup_iters", f"warmup_iters + final_flat_iters must be <= max_iters={self.max_iters}")
+        self._check_restarts()
+
+    def _check_restarts(self) -> None:
+        """Warm restarts split the annealing steps into cycles growing T_mult times: the first cycle must
+        last at least one step (and the cycle lengths must not overflow a float)."""
+        if self.num_restarts == 0:
+            return
+        anneal = self.max_iters - self.warmup_iters - self.final_flat_iters
+        growth = self.num_restarts * math.log(self.T_mult)  # log of the last cycle's length / the first's
+        total = self.num_restarts + 1 if self.T_mult == 1 else (
+            math.inf if growth > 700 else (self.T_mult ** (self.num_restarts + 1) - 1) / (self.T_mult - 1))
+        if anneal / total < 1:
+            name = "T_mult" if self.num_restarts < anneal and self.T_mult > 1 else "num_restarts"
+            self._fail(name, f"num_restarts={self.num_restarts} with T_mult={self.T_mult} makes the first of "
+                             f"the cycles shorter than one step: {anneal} annealing steps "
+                             f"(max_iters - warmup_iters - final_flat_iters) are too few")
 
     @property
     def batch_size(self) -> int:

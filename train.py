@@ -10,9 +10,10 @@ Any ModelConfig or TrainConfig field can be given as --key=value (see config.py)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import shutil
+import os
 import sys
 import time
 from datetime import datetime
@@ -26,8 +27,8 @@ from cli import build_configs, split_args as parse_cli
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from data.sources import HubUnreachableError
 from modules.model import Model
-from training import distributed
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, write_json
+from training import distributed, runs
+from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from training.device import autocast, peak_flops, pick_device, pick_dtype
 from training.optim import build_optimizers, set_lr
 from training.run_log import RunLog
@@ -56,9 +57,9 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool]:
         name = overrides.get("model_name")
         if not name:
             raise TrainingError("--resume needs --model_name=NAME of the run in trained/ to continue")
-        base_run = tools.resolve_run(name)
+        base_run = runs.resolve_run(name)
     if base_run is not None:
-        model_cfg, train_cfg = tools.load_configs(tools.resolve_run(base_run))
+        model_cfg, train_cfg = runs.load_configs(runs.resolve_run(base_run))
         base = (model_cfg.to_dict(), train_cfg.to_dict())
         if not resume:
             base[1]["model_name"] = None  # a new run needs its own name
@@ -74,7 +75,7 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool]:
     if train_cfg.model_name is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         train_cfg = dataclasses.replace(train_cfg, model_name=f"{preset or 'custom'}_{stamp}")
-    run_dir = tools.TRAINED_DIR / train_cfg.model_name
+    run_dir = runs.run_dir_for(train_cfg.model_name)  # refuses links and files
     if run_dir.exists() and not resume:
         if not overwrite:
             raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to "
@@ -203,9 +204,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
     log = RunLog.resume(run_dir / "log_data.csv", step) if resume else RunLog(run_dir / "log_data.csv")
     if info.is_main:
         if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # --overwrite
-        write_json(run_dir / "model_config.json", model_cfg.to_dict())
-        write_json(run_dir / "train_config.json", cfg.to_dict())
+            runs.clear_run(run_dir)  # --overwrite
+        runs.write_description(run_dir, model_cfg, cfg)
         tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": cfg.to_dict()}, step if resume else None)
     flops_per_token = model.flops_per_token(T)
     peak = peak_flops(device.type, dtype) * info.world_size
@@ -293,7 +293,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, run_dir: Path, resume: bool 
 def main(argv: list[str] | None = None) -> int:
     try:
         model_cfg, train_cfg, run_dir, resume = parse_args(sys.argv[1:] if argv is None else argv)
-        train(model_cfg, train_cfg, run_dir, resume)
+        main_process = os.environ.get("RANK", "0") == "0"  # torchrun's rank 0 holds the lock for all
+        with runs.RunLock(run_dir) if main_process else contextlib.nullcontext():
+            train(model_cfg, train_cfg, run_dir, resume)
     except (TrainingError, ValueError, FileNotFoundError, HubUnreachableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

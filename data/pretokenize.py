@@ -6,8 +6,10 @@ no padding. The cache folder `<cache_dir>/<dataset>_<split>_<tokenizer>-<vocab>_
 tokens (the data's identity - local files by path, size and mtime -, split settings, tokenizer).
 
 Safety: a fresh build is written to a temp file and renamed, and the manifest (written last, also
-atomically) is the only proof a cache is usable. Streaming / max_tokens builds stop early, record how
-many documents they consumed, and a later call asking for more tokens appends from there.
+atomically) is the only proof a cache is usable. It records the CRC-32 of the tokens, checked on every
+load: a damaged cache is rebuilt with a warning instead of training on noise. Streaming / max_tokens
+builds stop early, record how many documents they consumed, and a later call asking for more tokens
+appends from there (extending the checksum).
 """
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ import itertools
 import json
 import os
 import re
-import shutil
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from data.sources import iter_documents, resolve_source, source_fingerprint
+from fileio import (CHECKSUM, WriteError, checksum, file_checksum, remove_stale_temps, reported_writes,
+                    write_json)
 
 FORMAT_VERSION = 1
 _CHUNK_CHARS = 1 << 23   # characters per tokenizer.encode batch: bounds memory, big enough to parallelize
@@ -91,15 +96,6 @@ def _locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _valid_manifest(folder: Path, key: dict, dtype: np.dtype) -> Optional[dict]:
     """The manifest if the cache is usable, else None. Bytes past num_tokens (an append that was
     interrupted before its manifest update) are cut off: the recorded prefix was never touched."""
@@ -119,6 +115,15 @@ def _valid_manifest(folder: Path, key: dict, dtype: np.dtype) -> Optional[dict]:
         return None
     if size > expected:
         os.truncate(tokens, expected)
+    crc = file_checksum(tokens, stop_byte=expected)
+    if CHECKSUM not in manifest:  # written before caches had checksums: trust it once and record one
+        manifest[CHECKSUM] = crc
+        with contextlib.suppress(WriteError):  # a read-only cache stays as it is
+            write_json(folder / "manifest.json", manifest)
+    elif manifest[CHECKSUM] != crc:
+        warnings.warn(f"token cache {tokens} is damaged (its tokens do not match the checksum recorded when "
+                      f"it was written): rebuilding it")
+        return None
     return manifest
 
 
@@ -192,8 +197,10 @@ def load_tokens(train_cfg, tokenizer, split: str, max_tokens: Optional[int] = No
                              f"in [0, vocab_len={tokenizer.vocab_len})")
     key = cache_key(train_cfg, tokenizer, split)
     folder = cache_folder(train_cfg, tokenizer, split, key)
-    folder.mkdir(parents=True, exist_ok=True)
+    with reported_writes(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder):
+        remove_stale_temps(folder, "*.tmp")  # left by a killed build (no one else builds while we hold the lock)
         manifest = _valid_manifest(folder, key, dtype)
         enough = manifest is not None and (manifest["exhausted"] or (
             max_tokens is not None and manifest["num_tokens"] >= max_tokens))
@@ -217,32 +224,47 @@ def _build(folder: Path, key: dict, manifest: Optional[dict], train_cfg, tokeniz
     tokens = folder / "tokens.bin"
     if manifest is None:  # start over: drop any stale manifest first so nothing points at new bytes
         (folder / "manifest.json").unlink(missing_ok=True)
-        target = folder / f"tokens.bin.{os.getpid()}.tmp"
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".tokens.bin.", suffix=".tmp")
+        os.close(fd)
+        target = Path(name)
     else:
         target = tokens
     bar = tqdm(total=max_tokens, initial=have_tokens, unit="tok", unit_scale=True, disable=not show_progress,
                desc=f"tokenizing {folder.name}")
     try:
-        with open(target, "ab" if manifest else "wb") as handle:
-            written, consumed, exhausted = _tokenize_into(handle, docs, tokenizer, dtype, max_tokens,
+        with reported_writes(tokens):
+            handle = open(target, "ab" if manifest else "wb")
+        with handle:
+            out = _Checksummed(handle, tokens, manifest[CHECKSUM] if manifest else 0)
+            written, consumed, exhausted = _tokenize_into(out, docs, tokenizer, dtype, max_tokens,
                                                           have_tokens, bar)
-            handle.flush()
-            os.fsync(handle.fileno())
+            with reported_writes(tokens):
+                handle.flush()
+                os.fsync(handle.fileno())
+        if target != tokens:
+            os.replace(target, tokens)
     except BaseException:
         if target != tokens:
             target.unlink(missing_ok=True)
         raise
     finally:
         bar.close()
-    if target != tokens:
-        os.replace(target, tokens)
     manifest = {"complete": True, "num_tokens": have_tokens + written, "num_docs": have_docs + consumed,
                 "exhausted": exhausted, "dtype": dtype.name, "bytes": (have_tokens + written) * dtype.itemsize,
-                "key": key}
-    _write_json_atomic(folder / "manifest.json", manifest)
+                CHECKSUM: out.crc, "key": key}
+    write_json(folder / "manifest.json", manifest)
     return manifest
 
 
-def clear_cache(train_cfg, tokenizer, split: str) -> None:
-    """Delete one split's cache folder (e.g. to force re-tokenization)."""
-    shutil.rmtree(cache_folder(train_cfg, tokenizer, split), ignore_errors=True)
+class _Checksummed:
+    """A file handle that keeps the CRC-32 of everything written through it (continuing `crc`); a failed
+    write (a full disk) is a WriteError naming the cache file."""
+
+    def __init__(self, handle, path: Path, crc: int):
+        self.handle, self.path, self.crc = handle, path, crc
+
+    def write(self, data: bytes) -> None:
+        with reported_writes(self.path):
+            self.handle.write(data)
+        self.crc = checksum([data], self.crc)
+

@@ -11,11 +11,14 @@ continuous .txt document (nanoGPT's Shakespeare split), else a seeded random sub
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
+
+from data.file_errors import first_broken_file
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -206,6 +209,23 @@ def _table_documents(src: Source, split: str, streaming: bool, text_field: str) 
         yield from rows[text_field]
 
 
+def _local_table_documents(src: Source, split: str, text_field: str) -> Iterator[str]:
+    """Rows of local json/parquet files; a broken file is one ValueError naming the file (and the line)."""
+    import datasets  # noqa: F401 (importing it sets its log level: do that first)
+    datasets_log = logging.getLogger("datasets")
+    level = datasets_log.level
+    datasets_log.setLevel(logging.CRITICAL)  # it logs the failure before raising it: we say it once, better
+    try:
+        yield from _table_documents(src, split, True, text_field)
+    except Exception:
+        problem = first_broken_file(src.files[split], src.formats[split])
+        if problem is None:
+            raise
+        raise ValueError(problem) from None
+    finally:
+        datasets_log.setLevel(level)
+
+
 def _check_field(src: Source, text_field: str, columns: list) -> None:
     if text_field not in columns:
         raise ValueError(f"dataset {src.name!r} has no text field {text_field!r}; its fields are: "
@@ -221,6 +241,8 @@ def _raw_documents(src: Source, split: str, streaming: bool, text_field: str,
                 yield from _txt_documents(f, doc_separator)
             else:
                 yield _read_text(f)
+    elif src.is_local:
+        yield from _local_table_documents(src, split, text_field)
     else:
         yield from _table_documents(src, split, streaming, text_field)
 

@@ -13,10 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import tools
 from config import ModelConfig
+from data.tokenizer import get_tokenizer
 from interop import tokenizer as hf_tokenizer
 from interop.architectures import for_export
+from training import runs
 from training.checkpoint import load_weights
 
 CONFIG_KEY = "templategpt"  # config.json key holding our ModelConfig, so an import gives it back unchanged
@@ -37,13 +38,13 @@ def export_run(run: str | Path, out_dir: str | Path, overwrite: bool = False) ->
     from modules.model import Model
     from safetensors.torch import save_file
 
-    run_dir = tools.resolve_run(run)
+    run_dir = runs.resolve_run(run)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ValueError(f"{out_dir} exists and is not empty: choose another folder or add --overwrite")
-    model_cfg, _ = tools.load_configs(run_dir)
+    model_cfg, _ = runs.load_configs(run_dir)
     for_export(model_cfg, str(run_dir))  # refuse before loading anything
-    tokenizer = tools.get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
+    tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
     model = Model(model_cfg)
     load_weights(model, run_dir / "model.safetensors")
     config, generation, state = hf_files(model_cfg, model.state_dict(), tokenizer, str(run_dir))

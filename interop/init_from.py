@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tools
 from config import ModelConfig
 from data.tokenizer import available_tokenizers
 from interop import hf_import
-from training import checkpoint
+from training import checkpoint, runs
 
 # fields no weight depends on: a new run may set them freely
 FREE_FIELDS = {"dropout_embed", "dropout_attn", "dropout_resid", "init_std"}
@@ -22,12 +21,12 @@ def _kind(source: str) -> tuple[str, Path]:
     """('run', run folder) or ('hf', transformers folder)."""
     text = str(source)
     if "/" not in text and "\\" not in text and not text.startswith((".", "~")):
-        return "run", tools.resolve_run(text)  # a bare name: trained/<name>
+        return "run", runs.resolve_run(text)  # a bare name: trained/<name>
     path = Path(text).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"--init_from={text}: no such folder")
-    if (path / "model_config.json").is_file():
-        return "run", path
+    if (path / runs.MODEL_CONFIG).is_file():
+        return "run", runs.resolve_run(text)
     if (path / "config.json").is_file():
         return "hf", path
     raise FileNotFoundError(f"--init_from={text} is neither a run folder (model_config.json) nor a Hugging Face "
@@ -40,7 +39,7 @@ def source_config(source: str) -> tuple[ModelConfig, bool]:
     if kind == "run":
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"--init_from={source}: the run has no model.safetensors yet")
-        return tools.load_configs(path)[0], True
+        return runs.load_configs(path)[0], True
     cfg, hf = hf_import.read_config(path)
     hf_import.weight_files(path)  # fail now, before any data is read
     return cfg, isinstance(hf.get(hf_import.CONFIG_KEY), dict)

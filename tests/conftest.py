@@ -32,9 +32,7 @@ def one_thread():
 
 @pytest.fixture
 def trained_dir(tmp_path, monkeypatch) -> Path:
-    """A private trained/ for runs a test makes (tools and train.py both look there)."""
-    import tools
+    """A private trained/ for the runs a test makes (training/runs.py reads the variable at every call)."""
     path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
     return path

@@ -41,7 +41,8 @@ MODEL_BAD = [
     ("mlp_nonlinearity", "gelu"), ("mlp_nonlinearity", "Tanh"),
     ("norm_type", "BatchNorm"), ("norm_type", "rmsnorm"),
     ("theta", 0), ("theta", -1.0), ("theta", INF), ("theta", NAN), ("theta", "1e4"),
-    ("mlp_hidden_mult", 0), ("mlp_hidden_mult", -4.0),
+    ("mlp_hidden_mult", 0), ("mlp_hidden_mult", -4.0), ("mlp_hidden_mult", 1e-9), ("mlp_hidden_mult", 1e9),
+    ("mlp_multiple_of", 10**8),
     ("eps", 0), ("eps", 2.0), ("eps", -1e-6),
     ("init_std", 0), ("init_std", -0.02), ("init_std", True),
     ("logit_softcap", 0), ("logit_softcap", -30.0), ("logit_softcap", INF),
@@ -63,6 +64,9 @@ def test_model_config_rejects_bad_field(name, value):
 
 TRAIN_BAD = [
     ("model_name", ""), ("model_name", "a/b"), ("model_name", ".hidden"), ("model_name", 5),
+    ("model_name", "~root"), ("model_name", "a\\b"), ("model_name", "x" * 101), ("model_name", "-x"),
+    ("model_name", "a b"), ("seed", 2**64), ("cache_dir", ""), ("cache_dir", " "), ("text_field", ""),
+    ("data_subset", ""), ("doc_separator", ""), ("num_restarts", 2000),
     ("dataset", ""), ("dataset", None),
     ("device", "gpu"), ("dtype", "float16"), ("sampling", "shuffle"), ("anneal_type", "exp"),
     ("optimizer", "sgd"), ("parallel", "tp"),
@@ -93,6 +97,25 @@ def test_defaults_and_boundaries_are_valid():
     ModelConfig(dropout_embed=0.0, dropout_attn=0.999, eps=1.0, sliding_window=1, logit_softcap=None)
     TrainConfig(val_fraction=0.5, beta1=0.0, warmup_iters=0, lr_init=0.0, lr_min=0.0, wsd_decay_frac=1.0,
                 T_mult=1.0, grad_clip=0.0, weight_decay=0.0)
+
+
+def test_extremes_that_still_work_are_accepted():
+    TrainConfig(seed=2**64 - 1, model_name="x" * 100)
+    torch.manual_seed(2**64 - 1)  # the bound is torch's
+    ModelConfig(dim=64, mlp_multiple_of=256)  # 4 * 64 = 256: rounding to the width itself is fine
+
+
+def test_restart_cycles_must_last_a_step_and_never_overflow():
+    from training.schedule import lr_at
+    with pytest.raises(ValueError) as err:
+        TrainConfig(max_iters=1000, warmup_iters=0, num_restarts=2, T_mult=1e300)
+    assert_names(err, "T_mult", 1e300)
+    with pytest.raises(ValueError) as err:
+        TrainConfig(max_iters=1000, warmup_iters=0, num_restarts=10, T_mult=2.0)  # first cycle: 1000/2047 steps
+    assert_names(err, "T_mult", 2.0)
+    for cfg in (TrainConfig(max_iters=1000, warmup_iters=0, num_restarts=8, T_mult=2.0),
+                TrainConfig(max_iters=100, warmup_iters=0, num_restarts=99, T_mult=1.0)):
+        assert all(math.isfinite(lr_at(step, cfg)) for step in range(cfg.max_iters))
 
 
 # --- cross-field rules ------------------------------------------------------------------------------

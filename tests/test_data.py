@@ -246,6 +246,36 @@ def test_streaming_tokenizes_only_what_is_needed_and_resumes(tmp_path):
     assert tok.encoded_docs == len(docs)
 
 
+def test_cache_checksum_follows_appends_and_catches_flipped_tokens(tmp_path):
+    from fileio import CHECKSUM, file_checksum
+    path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    c, tok = cfg(tmp_path, path, streaming=True), ByteStandIn()
+    load_tokens(c, tok, "train", max_tokens=1000, show_progress=False)
+    good = np.array(load_tokens(c, tok, "train", max_tokens=4000, show_progress=False))  # appended
+    folder = cache_folder(c, tok, "train")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest[CHECKSUM] == file_checksum(folder / "tokens.bin")  # extended, not recomputed from scratch
+    data = bytearray((folder / "tokens.bin").read_bytes())
+    data[10] ^= 1  # one flipped bit, still a valid token id
+    (folder / "tokens.bin").write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged"):
+        np.testing.assert_array_equal(load_tokens(c, tok, "train", max_tokens=4000, show_progress=False), good)
+
+
+def test_cache_from_before_checksums_gets_one(tmp_path):
+    from fileio import CHECKSUM
+    path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    c, tok = cfg(tmp_path, path), ByteStandIn()
+    good = np.array(load_tokens(c, tok, "train", show_progress=False))
+    manifest_path = cache_folder(c, tok, "train") / "manifest.json"
+    old = json.loads(manifest_path.read_text())
+    del old[CHECKSUM]
+    manifest_path.write_text(json.dumps(old))
+    before = tok.encoded_docs
+    np.testing.assert_array_equal(load_tokens(c, tok, "train", show_progress=False), good)
+    assert tok.encoded_docs == before and CHECKSUM in json.loads(manifest_path.read_text())
+
+
 def test_vocabulary_checks(tmp_path):
     path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     assert load_tokens(cfg(tmp_path, path), ByteStandIn(vocab_len=70_000), "train", show_progress=False).dtype == np.uint32

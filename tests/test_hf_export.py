@@ -9,9 +9,10 @@ import torch
 
 import export_hf
 import tools
-from config import ModelConfig
+from config import ModelConfig, TrainConfig
 from interop import tokenizer as hf_tokenizer
 from interop.architectures import for_export
+from training import runs
 
 transformers = pytest.importorskip("transformers", reason="export tests need transformers (requirements-optional.txt)")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,8 +110,7 @@ def test_cli_errors_are_one_line(tmp_path, exported, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1, err
     # a run with an option transformers lacks is refused before anything is written
     run = tmp_path / "qk_run"
-    run.mkdir()
-    (run / "model_config.json").write_text(json.dumps(dict(qk_norm=True, vocab_len=259, tokenizer="byte")))
+    runs.write_description(run, ModelConfig(qk_norm=True, vocab_len=259, tokenizer="byte"), TrainConfig())
     assert export_hf.main([str(run), str(tmp_path / "out")]) == 2
     assert "qk_norm=True" in capsys.readouterr().err and not (tmp_path / "out").exists()
     # --overwrite replaces the folder

@@ -124,11 +124,12 @@ def test_bad_sources_are_one_line(sample_data, tmp_path, trained_dir, capsys):
                                      dict(mlp_gated=True, mlp_nonlinearity="GeLU_tanh", linear_bias=True,
                                           norm_affine=False, out_weight_share=False, num_kv_heads=1)])
 def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_path):
-    from config import ModelConfig
-    from training.checkpoint import save_weights, write_json
+    from config import ModelConfig, TrainConfig
+    from training import runs
+    from training.checkpoint import save_weights
     cfg = ModelConfig(dim=32, num_layers=2, num_q_heads=4, max_seq_len=32, tokenizer="byte", vocab_len=259, **changes)
     model = Model(cfg).eval()
-    write_json(tmp_path / "run" / "model_config.json", cfg.to_dict())
+    runs.write_description(tmp_path / "run", cfg, TrainConfig())
     save_weights(model, tmp_path / "run" / "model.safetensors")
     export_run(tmp_path / "run", tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

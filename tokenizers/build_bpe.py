@@ -19,7 +19,6 @@ tab and CR inside pieces written as \\n \\t \\r), and build.json: what it was tr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: make `data` importable
+
+from fileio import atomic_write, write_json, write_text  # noqa: E402 (needs the path above)
 
 MAX_CHUNK_CHARS = 8192  # sentencepiece skips "sentences" over max_sentence_length: cut documents into chunks
 VOCAB_ESCAPES = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})  # one piece per line in .vocab
@@ -230,12 +231,6 @@ def train(chunks: list[str], vocab_size: int, args) -> bytes:
     return model.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # readers never see a half-written file
-
-
 def check_models(out_dir: Path, sizes: list[int], sample: list[str]) -> dict[int, float]:
     """Load every model, check nesting and the exact round trip on `sample`; return tokens per byte."""
     from data.tokenizer import SentencePieceTokenizer
@@ -282,10 +277,10 @@ def main(argv=None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         model = model_with_pieces(trained, pieces[:size])
-        write_atomic(out_dir / f"tokenizer_{size}.model", model)
+        atomic_write(out_dir / f"tokenizer_{size}.model", lambda tmp: Path(tmp).write_bytes(model))
         sp = spm.SentencePieceProcessor(model_proto=model)
         lines = (f"{sp.id_to_piece(i).translate(VOCAB_ESCAPES)}\t{sp.get_score(i):g}\n" for i in range(size))
-        write_atomic(out_dir / f"tokenizer_{size}.vocab", "".join(lines).encode("utf-8"))
+        write_text(out_dir / f"tokenizer_{size}.vocab", "".join(lines))
     tokens_per_byte = check_models(out_dir, args.sizes, sample)
 
     command = f"python tokenizers/build_bpe.py {recipe(args)} --sizes={','.join(map(str, args.sizes))}"
@@ -294,7 +289,7 @@ def main(argv=None) -> None:
                   tokens_per_byte_on_sample={str(k): round(v, 4) for k, v in tokens_per_byte.items()},
                   sentencepiece=spm.__version__, read_seconds=round(read_s, 1),
                   train_seconds=round(time.time() - t0 - read_s, 1))
-    write_atomic(out_dir / "build.json", (json.dumps(record, indent=2) + "\n").encode())
+    write_json(out_dir / "build.json", record)
 
     on_disk = {int(p.stem.removeprefix("tokenizer_")) for p in out_dir.glob("tokenizer_*.model")
                if p.stem.removeprefix("tokenizer_").isdigit()}

@@ -1,51 +1,35 @@
-"""Run folders and checkpoints. Every file is written atomically (temp file, then rename), model weights
-are safetensors, and the resumable state loads with torch.load(weights_only=True): no pickled code runs.
+"""Weights and resumable checkpoints. Every file is written atomically (fileio.py), weights are safetensors
+carrying a CRC-32 of their tensors, and the resumable state loads with torch.load(weights_only=True): no
+pickled code runs.
 
 trained/<model_name>/
-    model_config.json, train_config.json   the configs of the run
     model.safetensors                      weights (best validation loss so far)
-    log_data.csv                           one row per evaluation
     checkpoints/step_<N>/                  model.safetensors + state.pt (optimizer, schedule, RNG, data position)
-    checkpoints/latest.json                which step_<N> is complete and newest
+                                           + checksums.json (sizes of both, CRC-32 of state.pt)
+    checkpoints/latest.json                the newest step_<N> when it was written (a hint for people)
+
+Resume never trusts latest.json: it scans the step folders and takes the newest complete one, so a lost
+or damaged pointer or a half-deleted folder costs nothing; loading it checks every checksum.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fileio import (CHECKSUM, atomic_write, checksum, file_checksum, flush_to_disk,  # noqa: F401
+                    remove_stale_temps, reported_writes, temp_folder, write_json, write_text)  # write_*: older imports
 
 CHECKPOINTS_KEPT = 2
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (the only way is to set it and restore it)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over path, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+WEIGHTS, STATE, CHECKSUMS = "model.safetensors", "state.pt", "checksums.json"
+_STEP_FOLDER = re.compile(r"step_(\d+)")
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -57,15 +41,6 @@ def clean_state_dict(state: dict) -> dict:
                 key = key[len(prefix):]
         out[key.replace("._orig_mod.", ".")] = value
     return out
-
-
-def save_weights(model: torch.nn.Module, path: Path, state: dict | None = None) -> None:
-    """Save model.state_dict() (or a full `state` gathered from sharded ranks) as safetensors."""
-    model = unwrap_model(model)
-    state = clean_state_dict(state if state is not None else model.state_dict())
-    aliases = _tied_aliases(model)  # tied weights: one tensor under two names, stored once
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,16 +64,50 @@ def _tied_aliases(model: torch.nn.Module) -> set[str]:
     return aliases
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load safetensors weights into model, with clear errors for missing, corrupt or mismatched files."""
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """CRC-32 over the raw bytes of every tensor, in name order: what model.safetensors records."""
+    raw = (tensors[k].detach().contiguous().reshape(-1).view(torch.uint8).numpy() for k in sorted(tensors))
+    return f"{checksum(raw):08x}"
+
+
+# --- weights ---------------------------------------------------------------------------------------------
+def save_weights(model: torch.nn.Module, path: Path, state: dict | None = None) -> None:
+    """Save model.state_dict() (or a full `state` gathered from sharded ranks) as safetensors, with the
+    CRC-32 of the tensors in the file's metadata."""
+    model = unwrap_model(model)
+    state = clean_state_dict(state if state is not None else model.state_dict())
+    aliases = _tied_aliases(model)  # tied weights: one tensor under two names, stored once
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
+    metadata = {CHECKSUM: tensors_checksum(tensors)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused with a message naming the file if it is missing, not
+    safetensors, or does not match its recorded checksum (files without one, e.g. older runs, load as is)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}: the run has not saved a model yet")
     try:
-        state = clean_state_dict(load_file(str(path)))
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(CHECKSUM)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"weights file {path} is corrupt or not safetensors ({e}); "
                          f"retrain, or restore it from a checkpoint in checkpoints/") from None
+    if recorded is not None and recorded != tensors_checksum(tensors):
+        raise ValueError(f"weights file {path} is corrupt: its tensors do not match the checksum recorded when "
+                         f"it was written; retrain, or restore it from a checkpoint in checkpoints/")
+    return tensors
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights into model, with clear errors for missing, corrupt or mismatched files."""
+    _fit(model, clean_state_dict(read_weights(path)), path)
+
+
+def _fit(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Copy `state` into model, refusing missing, unexpected or wrongly shaped tensors."""
     model = unwrap_model(model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state) - _tied_aliases(model))
@@ -111,50 +120,158 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-# --- resumable checkpoints ---------------------------------------------------------------------------
+# --- resumable checkpoints -------------------------------------------------------------------------------
+def checkpoint_root(run_dir: Path) -> Path:
+    """run_dir/checkpoints, refused if it is a link that could lead writes outside the run folder."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_symlink():
+        raise ValueError(f"{root} is a symbolic link: checkpoints must be a real folder inside the run "
+                         f"folder; move it away and resume again")
+    return root
+
+
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dict,
                     model_state: dict | None = None) -> Path:
-    """Write checkpoints/step_<step>/ completely, then point latest.json at it, then prune old ones.
-    A kill at any moment leaves latest.json naming a complete checkpoint."""
-    ckpt_root = Path(run_dir) / "checkpoints"
-    final = ckpt_root / f"step_{step}"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp_"))
+    """Write checkpoints/step_<step>/ completely in a hidden folder, rename it into place, then prune.
+    A kill or a full disk at any moment leaves every older checkpoint as it was."""
+    root = checkpoint_root(run_dir)
+    final = root / f"step_{step}"
+    tmp = temp_folder(root)
     try:
-        save_weights(model, tmp / "model.safetensors", model_state)
-        torch.save(state, tmp / "state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        save_weights(model, tmp / WEIGHTS, model_state)
+        with reported_writes(tmp / STATE):
+            torch.save(state, tmp / STATE)
+            flush_to_disk(tmp / STATE)
+        files = {name: {"bytes": (tmp / name).stat().st_size} for name in (WEIGHTS, STATE)}
+        files[STATE][CHECKSUM] = f"{file_checksum(tmp / STATE):08x}"  # the weights carry their own
+        write_json(tmp / CHECKSUMS, {"step": step, "files": files})
+        with reported_writes(final):
+            if final.is_symlink() or final.is_file():  # never follow a link out of checkpoints/
+                final.unlink()
+            elif final.exists():  # a step written again after resuming from an older checkpoint
+                shutil.rmtree(final)
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    write_json(ckpt_root / "latest.json", {"step": step, "dir": final.name})
-    for old in sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-CHECKPOINTS_KEPT]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob(".tmp_*"):  # left by a run killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
+    write_json(root / "latest.json", {"step": step, "dir": final.name})
+    _prune(root)
+    for pattern in (".*.tmp", ".tmp_*"):  # ours, and those of versions before fileio.py
+        remove_stale_temps(root, pattern)
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest.json"
-    if not pointer.is_file():
+def _step_folders(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every step_<N> entry, newest first."""
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_FOLDER.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def _missing(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint (links and missing files), or None. Cheap: no reading."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "it is not a real folder inside checkpoints/"
+    absent = [name for name in (WEIGHTS, STATE) if not (folder / name).is_file()]
+    return f"{' and '.join(absent)} missing" if absent else None
+
+
+def _damage(folder: Path, read_contents: bool) -> str | None:
+    """What in a complete-looking checkpoint does not match its checksums.json (sizes always; the CRC-32 of
+    state.pt when read_contents; the weights check their own on loading). Checkpoints from before
+    checksums.json pass as they are."""
+    record = folder / CHECKSUMS
+    if not record.is_file():
         return None
     try:
-        path = pointer.parent / json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{pointer} is corrupt ({e}); delete it to resume from scratch") from None
-    return path if (path / "state.pt").is_file() else None
+        files = json.loads(record.read_text())["files"]
+        for name in (WEIGHTS, STATE):
+            expected = files[name]
+            if (folder / name).stat().st_size != expected["bytes"]:
+                return f"{name} has {(folder / name).stat().st_size} bytes, {expected['bytes']} were written"
+            if read_contents and CHECKSUM in expected and f"{file_checksum(folder / name):08x}" != expected[CHECKSUM]:
+                return f"{name} does not match the checksum recorded when it was written"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{CHECKSUMS} is unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (both files there, at the sizes written), or None if there is none.
+
+    Step folders with a missing file are skipped with a warning; a complete one that is damaged stops here
+    (sizes) or in load_checkpoint (checksums) with a ValueError naming it and the older one to use."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return None
+    _warn_about_pointer(root)
+    for _, folder in _step_folders(root):
+        if (why := _missing(folder)) is not None:
+            warnings.warn(f"skipping checkpoint {folder}: {why}")
+            continue
+        if (why := _damage(folder, read_contents=False)) is not None:
+            raise _corrupt(folder, why)
+        return folder
+    return None
+
+
+def _corrupt(folder: Path, why: str) -> ValueError:
+    """The one-line error for a damaged checkpoint, naming the older complete one to use instead."""
+    match = _STEP_FOLDER.fullmatch(folder.name)
+    older = [f.name for step, f in _step_folders(folder.parent)
+             if match and step < int(match.group(1)) and _missing(f) is None]
+    instead = f"to resume from {older[0]}" if older else "to start from step 0"
+    return ValueError(f"checkpoint {folder} is corrupt or not a checkpoint ({why}); nothing was changed: "
+                      f"move {folder.name} out of checkpoints/ {instead}, or start over with --overwrite")
+
+
+def _warn_about_pointer(root: Path) -> None:
+    """latest.json is only a hint; say so when it is damaged or points anywhere but a step folder here."""
+    pointer = root / "latest.json"
+    if not pointer.exists():
+        return
+    try:
+        name = json.loads(pointer.read_text())["dir"]
+        ok = isinstance(name, str) and _STEP_FOLDER.fullmatch(name) is not None
+    except (ValueError, KeyError, TypeError, OSError):
+        ok = False
+    if not ok:
+        warnings.warn(f"ignoring {pointer}: it is damaged or points outside {root}; "
+                      f"resuming from the newest complete step folder instead")
+
+
+def _prune(root: Path) -> None:
+    """Keep the CHECKPOINTS_KEPT newest complete checkpoints; delete only folders older than all of them, so
+    nothing goes that a newer complete checkpoint does not supersede."""
+    complete = [f for _, f in _step_folders(root) if _missing(f) is None and _damage(f, read_contents=False) is None]
+    if len(complete) < CHECKPOINTS_KEPT:
+        return
+    oldest_kept = int(_STEP_FOLDER.fullmatch(complete[CHECKPOINTS_KEPT - 1].name).group(1))
+    for step, folder in _step_folders(root):
+        if step < oldest_kept:
+            if folder.is_symlink() or not folder.is_dir():
+                folder.unlink()
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
     """Load a checkpoint's weights into model and return its state dict (optimizer, step, RNG, data)."""
-    load_weights(model, Path(path) / "model.safetensors")
+    path = Path(path)
+    why = _missing(path) or _damage(path, read_contents=True)
+    if why is not None:
+        raise _corrupt(path, why)
     try:
-        return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+        tensors = read_weights(path / WEIGHTS)
+    except ValueError as e:
+        raise _corrupt(path, str(e)) from None
+    _fit(model, clean_state_dict(tensors), path / WEIGHTS)
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling failure means a corrupt or foreign file
         # torch's own message runs to a page about weights_only; the type says enough
-        raise ValueError(f"checkpoint state {Path(path) / 'state.pt'} is corrupt or not a checkpoint "
-                         f"({type(e).__name__}); "
+        state = e
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        why = type(state).__name__ if isinstance(state, Exception) else "no step recorded"
+        raise ValueError(f"checkpoint state {path / STATE} is corrupt or not a checkpoint ({why}); "
                          f"resume from an older checkpoints/step_* or start with --overwrite") from None
+    return state

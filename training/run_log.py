@@ -5,7 +5,7 @@ import csv
 import io
 from pathlib import Path
 
-from training.checkpoint import write_text
+from fileio import write_text
 
 COLUMNS = ["step", "tokens", "elapsed_s", "tokens_per_sec", "train_loss", "val_loss", "perplexity", "lr",
            "grad_norm", "mfu"]
@@ -23,7 +23,11 @@ class RunLog:
         rows = []
         if Path(path).is_file():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+                reader = csv.DictReader(f)
+                if reader.fieldnames != COLUMNS:
+                    raise ValueError(f"{path} is not this run's log: its header is {reader.fieldnames}, "
+                                     f"expected {','.join(COLUMNS)}; restore it or move it away to resume")
+                rows = [r for r in reader if int(r["step"]) <= up_to_step]
         return cls(path, rows)
 
     def append(self, row: dict) -> None:
