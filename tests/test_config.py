@@ -291,6 +291,7 @@ REFERENCE_ACTIVATIONS = {
     "GeLU": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     "SiLU": lambda x: x * torch.sigmoid(x),
     "ReLU": lambda x: torch.clamp(x, min=0),
+    "GeLU_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),  # GPT-2
 }
 
 
