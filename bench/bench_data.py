@@ -1,35 +1,47 @@
 """Data-layer throughput: pre-tokenization (cold and warm cache) and batch assembly.
 
     python bench/bench_data.py                 # prints one JSON object per line
-    python bench/bench_data.py --measure-step  # also times a real ~1M-parameter training step
+    python bench/bench_data.py --measure_step  # also times a real ~1M-parameter training step
+    python bench/bench_data.py --help          # the options
 
 Batch cost is also given as a percentage of one training step of a ~1M-parameter model (llama3_atto,
 batch 32 x 256): of an assumed 100 ms step, and with --measure-step of a step timed here. Target: < 3 %.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import build_configs  # noqa: E402
+from bench.options import parse_options  # noqa: E402
+from cli import UsageError, build_configs  # noqa: E402
 from config import TrainConfig  # noqa: E402
 from data.batches import TokenBatches  # noqa: E402
 from data.pretokenize import load_tokens  # noqa: E402
 from data.sources import iter_documents  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 
-SHARED = ROOT / "data" / "samples"
-CORPORA = {"tinystories": dict(dataset=str(SHARED / "tinystories")),
-           "shakespeare": dict(dataset=str(SHARED / "tinyshakespeare" / "input.txt"), val_fraction=0.1)}
+SAMPLES = ROOT / "data" / "samples"
+CORPORA = {"tinystories": dict(dataset=str(SAMPLES / "tinystories")),
+           "shakespeare": dict(dataset=str(SAMPLES / "tinyshakespeare" / "input.txt"), val_fraction=0.1)}
 ASSUMED_STEP_S = 0.100
+
+
+@dataclass
+class DataBenchOptions:
+    repeats: int = 3                    # cold pre-tokenizations per case (the best is reported)
+    measure_step: bool = False          # also time a real llama3_atto training step instead of assuming 100 ms
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise UsageError(f"--repeats={self.repeats} is invalid: must be >= 1")
 
 
 def emit(**row) -> None:
@@ -107,11 +119,10 @@ def bench_batches(tokens, batch_size: int, seq_len: int, step_s, bos_id: int) ->
             emit(**row)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3, help="cold pre-tokenizations per case (best is reported)")
-    ap.add_argument("--measure-step", action="store_true", help="time a real llama3_atto step instead of 100 ms")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(DataBenchOptions, argv, __doc__)
+    if isinstance(args, int):  # --help printed, or a bad option
+        return args
     import torch
     emit(bench="machine", cpu=platform.processor() or platform.machine(), python=platform.python_version(),
          torch=torch.__version__, threads=torch.get_num_threads())
@@ -127,7 +138,8 @@ def main() -> None:
         batch_size, seq_len = 32, 256
         step_s = measure_step_s(batch_size, seq_len) if args.measure_step else None
         bench_batches(tokens, batch_size, seq_len, step_s, tok.bos_id)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

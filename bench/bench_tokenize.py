@@ -1,6 +1,6 @@
 """Tokenizer throughput and compression, one JSON object per line.
 
-    python bench/bench_tokenize.py [--repeats=3]
+    python bench/bench_tokenize.py [--repeats=3]     # --help lists the options
 
 For 'byte' and every bpe_tinyStories size, on the TinyStories train stories (a list of documents) and on
 Shakespeare (its paragraphs as documents, and the whole file as one string, which is how the data layer
@@ -12,21 +12,33 @@ MB are 10^6 UTF-8 bytes of text; times are the best of --repeats runs. The first
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_name  # noqa: E402
+from bench.options import parse_options  # noqa: E402
+from cli import UsageError  # noqa: E402
 
-from data.tokenizer import _num_cpus, available_tokenizers, get_tokenizer  # noqa: E402
+from data.tokenizer import available_tokenizers, get_tokenizer  # noqa: E402
+from data.tokenizer_base import num_cpus  # noqa: E402
 
-SHARED = ROOT / "data" / "samples"
+SAMPLES = ROOT / "data" / "samples"
+
+
+@dataclass
+class TokenizeBenchOptions:
+    repeats: int = 3                    # timings per case; the best is reported
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise UsageError(f"--repeats={self.repeats} is invalid: must be >= 1")
 
 
 def emit(**row) -> None:
@@ -42,24 +54,22 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-
-
 def corpora() -> dict[str, list[str] | str]:
-    with (SHARED / "tinystories" / "train.jsonl").open(encoding="utf-8") as f:
+    with (SAMPLES / "tinystories" / "train.jsonl").open(encoding="utf-8") as f:
         stories = [json.loads(line)["text"] for line in f]
-    shakespeare = (SHARED / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    shakespeare = (SAMPLES / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     paragraphs = [p + "\n\n" for p in shakespeare.split("\n\n")]
     return {"tinystories_train": stories, "shakespeare_paragraphs": paragraphs,
             "shakespeare_one_string": shakespeare}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_options(TokenizeBenchOptions, argv, __doc__)
+    if isinstance(args, int):  # --help printed, or a bad option
+        return args
     import sentencepiece
 
-    threads = _num_cpus()
+    threads = num_cpus()
     emit(bench="tokenize", machine=cpu_name(), cpus=threads, load_avg_1min=round(os.getloadavg()[0], 2),
          python=platform.python_version(), sentencepiece=sentencepiece.__version__, repeats=args.repeats)
     toks = [get_tokenizer("byte")] + [get_tokenizer("bpe_tinyStories", n)
@@ -85,7 +95,8 @@ def main() -> None:
             t = best_time(lambda: tok.decode_batch(ids), args.repeats)
             emit(**row, mode="decode_batch", threads=threads, mb_per_s=round(n_bytes / t / 1e6, 2),
                  tokens_per_byte=tokens_per_byte)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,15 +19,13 @@ from typing import Iterator, Optional
 import numpy as np
 
 from data.file_errors import first_broken_file
+from data.hub import HubUnreachableError, hub_call  # noqa: F401 (HubUnreachableError: re-exported)
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _ROWS_PER_READ = 1000       # rows pulled from `datasets` per batch (columnar reads are much faster)
 _TXT_READ_CHARS = 1 << 22   # a .txt file split on doc_separator is read this many characters at a time
 _HOLDOUT_BLOCK = 1 << 16    # documents per block of held-out draws (independent of how we iterate)
-_LOCAL_HINT = ("To train on local data instead, point --dataset at a file or folder, e.g. "
-               "--dataset=data/samples/tinystories (a folder with train.jsonl and validation.jsonl) or "
-               "--dataset=data/samples/tinyshakespeare/input.txt.")
 
 
 @dataclass(frozen=True)
@@ -106,36 +104,13 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
     return Source(name=dataset, path=path, files=files, formats=formats)
 
 
-class HubUnreachableError(RuntimeError):
-    """The Hugging Face hub could not be reached; the message says how to use local data instead."""
-
-
-def _hub_error(dataset: str, err: Exception) -> HubUnreachableError:
-    return HubUnreachableError(f"could not reach the Hugging Face hub to load dataset {dataset!r} "
-                        f"({type(err).__name__}: {err}); it is not a local path either "
-                        f"(looked in {Path.cwd()}). Check your connection, or if the dataset is already "
-                        f"downloaded set HF_HUB_OFFLINE=1. {_LOCAL_HINT}")
-
-
-def _hub_call(dataset: str, fn, *args, **kwargs):
-    """Run a `datasets` hub call, turning network and not-found failures into clear errors."""
-    from datasets.exceptions import DatasetNotFoundError
-    try:
-        return fn(*args, **kwargs)
-    except ConnectionError as e:
-        raise _hub_error(dataset, e) from e
-    except DatasetNotFoundError as e:
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a local path (looked in {Path.cwd()}) nor "
-                                f"a dataset on the Hugging Face hub. {_LOCAL_HINT}") from e
-
-
 def has_validation_split(dataset: str | Source, data_subset: Optional[str] = None) -> bool:
     """Whether the dataset has its own validation split (hub: asks the hub; local: validation.* files)."""
     src = dataset if isinstance(dataset, Source) else resolve_source(dataset, data_subset)
     if src.is_local:
         return "validation" in src.files
     import datasets
-    names = _hub_call(src.name, datasets.get_dataset_split_names, src.name, src.data_subset)
+    names = hub_call(src.name, datasets.get_dataset_split_names, src.name, src.data_subset)
     return "validation" in names
 
 
@@ -195,7 +170,7 @@ def _table_documents(src: Source, split: str, streaming: bool, text_field: str) 
         ds = datasets.load_dataset(fmt, data_files={split: [str(f) for f in src.files[split]]},
                                    split=split, streaming=True)
     else:
-        ds = _hub_call(src.name, datasets.load_dataset, src.name, src.data_subset, split=split,
+        ds = hub_call(src.name, datasets.load_dataset, src.name, src.data_subset, split=split,
                        streaming=streaming)
     columns = ds.column_names  # None for some streamed json until the first rows are read
     if columns is not None:

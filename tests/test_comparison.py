@@ -50,8 +50,9 @@ class FakeByteTokenizer:
 
 def make_run(root: Path, name: str, rows: int = 4, dropout: float = 0.0, **model_kw) -> Path:
     """A run folder: a tiny random byte-level model, its configs and a hand-written log."""
-    cfg = ModelConfig(dim=16, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=32, tokenizer="byte",
-                      vocab_len=259, dropout_embed=dropout, dropout_attn=dropout, dropout_resid=dropout, **model_kw)
+    cfg = ModelConfig(**{**dict(dim=16, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=32,
+                                tokenizer="byte", vocab_len=259, dropout_embed=dropout, dropout_attn=dropout,
+                                dropout_resid=dropout), **model_kw})
     path = root / name
     path.mkdir(parents=True)
     (path / "model_config.json").write_text(json.dumps(cfg.to_dict()))
@@ -170,6 +171,48 @@ def test_summary_table_and_plots(tmp_path):
         mc.plot_metric(runs, x="time")
 
 
+def test_summary_table_names_the_config_fields_that_differ(tmp_path):
+    runs = mc.load_runs([str(make_run(tmp_path, "silu", mlp_nonlinearity="SiLU")),
+                         str(make_run(tmp_path, "mish", mlp_nonlinearity="ReLU"))])
+    assert mc.config_differences(runs) == {"silu": {"mlp_nonlinearity": "SiLU"}, "mish": {"mlp_nonlinearity": "ReLU"}}
+    table = mc.summary_table(runs)  # no texts: what the logs say, no evaluation
+    assert list(table["config_diff"]) == ["mlp_nonlinearity=SiLU", "mlp_nonlinearity=ReLU"]
+    assert "bits_per_byte" not in table.columns and table.attrs["topk_acc"] == {}
+    assert table.loc["silu", "parameters"] == Model(runs["silu"].model_cfg).get_num_params()
+    assert "| silu | byte/259 |" in mc.to_markdown(table) and "mlp_nonlinearity=ReLU |" in mc.to_markdown(table)
+    single = mc.summary_table({"silu": runs["silu"]})
+    assert list(single["config_diff"]) == [""]
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_plots_keep_legends_off_the_curves_and_tick_labels_apart(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = mc.load_runs([str(make_run(tmp_path, "a", rows=30)), str(make_run(tmp_path, "b", rows=3, dim=32))])
+    for x in mc.X_AXES:
+        fig = mc.plot_losses(runs, x=x, logx=x == "flops")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not _boxes_overlap(legend, ax.get_window_extent(renderer)), x  # beside the plot area
+            labels = [t.get_window_extent(renderer) for t in ax.get_xticklabels()
+                      if t.get_visible() and t.get_text()]
+            assert labels, x
+            assert not any(_boxes_overlap(p, q) for i, p in enumerate(labels) for q in labels[i + 1:]), x
+            assert len(labels) <= 8, x
+        plt.close(fig)
+    ax = mc.plot_metric(runs, "val_loss", x="flops", logx=True)
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    assert not _boxes_overlap(ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer))
+    plt.close(ax.figure)
+
+
 def test_load_runs_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model named 'no_such_run'"):
         mc.load_runs(["no_such_run"])
@@ -203,25 +246,73 @@ def test_cli_writes_plots_and_table(tmp_path, sample_data, capsys):
     assert {p.name for p in (tmp_path / "one").glob("loss_*.png")} == {"loss_vs_tokens.png"}
 
 
+def test_cli_compares_the_shipped_models(tmp_path, capsys):
+    if not {"gpt2_atto", "llama3_atto"} <= set(tools.list_runs()):
+        pytest.skip("the shipped models are not in trained/")
+    out = tmp_path / "cmp"
+    assert mc.main(["gpt2_atto", "llama3_atto", "--out", str(out), "--max_texts", "2", "--x", "flops"]) == 0
+    assert {p.name for p in out.iterdir()} == {"loss_vs_flops.png", "topk_accuracy.png", "summary.csv",
+                                               "summary.md"}
+    table = pd.read_csv(out / "summary.csv", index_col="run")
+    assert list(table.index) == ["gpt2_atto", "llama3_atto"]
+    assert "pos_enc_type=learnable" in table.loc["gpt2_atto", "config_diff"]
+    assert "pos_enc_type=RoPE" in table.loc["llama3_atto", "config_diff"]
+
+
 def test_cli_errors(tmp_path, capsys):
     good = str(make_run(tmp_path, "good"))
     empty = str(make_run(tmp_path, "empty", rows=0))
     cases = [([good, "no_such_run"], "no model named 'no_such_run'"),
              ([good, empty], "no rows in log_data.csv"),
-             ([good, "--val_data", str(tmp_path / "nothing.jsonl")], "cannot read validation texts"),
-             ([good, "--val_data", str(Path(empty) / "log_data.csv")], "cannot read validation texts")]
-    bad_json = tmp_path / "bad.jsonl"
-    bad_json.write_text("{not json\n")
-    cases.append(([good, "--val_data", str(bad_json)], "cannot read validation texts"))
+             ([good, "--max_texts=0"], "--max_texts=0 is invalid"),
+             ([good, "--x=time"], "--x='time' is invalid"),
+             ([good, "--val_dat=x.jsonl"], "Did you mean: --val_data"),
+             (["--out=somewhere"], "name at least one run")]
     for args, message in cases:
         assert mc.main([*args, "--out", str(tmp_path / "out")]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert mc.main([good]) == 2 and "--out=DIR is required" in capsys.readouterr().err
     # the real process: exit code 2, one line, no traceback
     proc = subprocess.run([sys.executable, "model_comparison.py", "no_such_run", "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "no model named" in proc.stderr
+
+
+def test_cli_without_validation_text_still_draws_curves_and_table(tmp_path, capsys):
+    """Unreadable, missing or switched-off validation text: curves and the log table, and a note."""
+    good = str(make_run(tmp_path, "good"))
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text("{not json\n")
+    for val_data, note in ((str(tmp_path / "nothing.jsonl"), "cannot read validation texts"),
+                           (str(bad_json), "cannot read validation texts"),
+                           (str(Path(good) / "log_data.csv"), "cannot read validation texts"),
+                           ("None", "--val_data=None")):
+        out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
+        assert mc.main([good, f"--val_data={val_data}", f"--out={out}", "--x=step"]) == 0, val_data
+        err = capsys.readouterr().err
+        assert err.startswith("note: ") and note in err and "bits per byte and top-k accuracy are left out" in err
+        assert {p.name for p in out.iterdir()} == {"loss_vs_step.png", "summary.csv", "summary.md"}
+        table = pd.read_csv(out / "summary.csv", index_col="run")
+        assert "bits_per_byte" not in table.columns and table.loc["good", "parameters"] > 0
+
+
+def test_help_lists_every_option(tmp_path, capsys):
+    assert mc.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python model_comparison.py RUN")
+    for option in ("--out (str or None, default None)", "--x ", "--max_texts (int, default 200)",
+                   "--val_fraction", "--device (str, default 'cpu')",
+                   "--val_data (str or None, default 'data/samples/tinystories/validation.jsonl')"):
+        assert option in text, option
+    assert mc.main(["-h"]) == 0 and capsys.readouterr().out == text
+    assert mc.main(["--help=max_texts"]) == 0
+    one = capsys.readouterr().out
+    assert "--max_texts" in one and "--out" not in one
+    proc = subprocess.run([sys.executable, "model_comparison.py", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == text and not proc.stderr
 
 
 # --- notebook ------------------------------------------------------------------------------------------
@@ -239,7 +330,9 @@ def test_notebook_executes_headless(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # 4 loss figures + top-k
-    assert any("text/html" in o.get("data", {}) and "bits_per_byte" in o["data"]["text/html"] for o in outputs)
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("bits_per_byte" in t for t in tables)  # the evaluation on the bundled validation sample
+    assert any("config_diff" in t and "bits_per_byte" not in t for t in tables)  # the table from the logs alone
 
 
 def test_load_texts(tmp_path, sample_data):

@@ -138,6 +138,7 @@ def test_hub_failures_while_loading(monkeypatch, tmp_path):
     import datasets
     from datasets.exceptions import DatasetNotFoundError
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("data.hub.check_hub_reachable", lambda dataset: None)  # as if online
     monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, subset=None: ["train"])
     for raised, error, words in ((ConnectionError("Couldn't reach 'a/b' on the Hub (ConnectError)"), RuntimeError,
                                   "could not reach"),

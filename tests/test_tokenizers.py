@@ -180,7 +180,7 @@ def test_encode_scales_linearly(name, size, sample_data):
     docs = _stories(sample_data / "tinystories" / "train.jsonl")[:100]
     one_string = (sample_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:65_536]
     for label, small, large in [("documents", docs, docs * 8), ("one string", one_string, one_string * 8)]:
-        for _ in range(3):
+        for _ in range(5):
             t_1x = _best_time(lambda: [tok.encode(small, num_threads=1) if isinstance(small, list)
                                        else tok.encode(small) for _ in range(8)]) / 8
             t_8x = _best_time(lambda: tok.encode(large, num_threads=1) if isinstance(large, list)
