@@ -32,7 +32,9 @@ MAX_MLP_WIDTH_MULT = 64          # mlp_hidden_mult above this is a typo, not an 
 
 
 # Fields that were renamed: old name -> new name. Saved runs and old command lines keep working.
-RENAMED_FIELDS: dict[str, str] = {}
+RENAMED_FIELDS: dict[str, str] = {
+    "eval_samples": "eval_batches",  # it always counted batches
+}
 
 
 def renamed(values: dict, known: set[str], where: str) -> dict:
@@ -211,8 +213,9 @@ class TrainConfig(_Validated):
     grad_accum_steps: int = 1           # micro-batches per optimizer step
     # --- length and bookkeeping ---
     max_iters: int = 1000               # optimizer steps
+    log_interval: int = 10              # print training loss, lr and tokens/s every this many steps
     eval_interval: int = 100            # evaluate (and log a row) every this many steps
-    eval_samples: int = 20              # validation batches per evaluation
+    eval_batches: int = 20              # validation batches (micro_batch_size sequences each) per evaluation
     checkpoint_interval: int = 500      # save a resumable checkpoint every this many steps (and at the end)
     # --- optimizer ---
     optimizer: str = "adamw"            # 'adamw', or 'muon' (Muon for hidden matrices, AdamW for the rest)
@@ -252,8 +255,8 @@ class TrainConfig(_Validated):
         self._choice("tracker", TRACKERS)
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             self._fail("init_from", "must be a run name in trained/, a run folder or a Hugging Face model folder")
-        for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "eval_interval", "eval_samples",
-                     "checkpoint_interval"):
+        for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
+                     "eval_batches", "checkpoint_interval"):
             self._int(name)
         self._int("seed", minimum=0)
         if self.seed > MAX_SEED:
@@ -330,13 +333,13 @@ PRESETS: dict[str, dict] = {
     "nanogpt_shakespeare": dict(_GPT2, linear_bias=False, norm_bias=False, dim=128, num_layers=4,
                                 num_q_heads=4, num_kv_heads=4, max_seq_len=64, tokenizer="byte",
                                 dataset="data/samples/tinyshakespeare/input.txt", val_fraction=0.1,
-                                micro_batch_size=12, max_iters=2000, eval_interval=250, eval_samples=20,
+                                micro_batch_size=12, max_iters=2000, eval_interval=250, eval_batches=20,
                                 lr_init=0.0, lr_max=1e-3, lr_min=1e-4, warmup_iters=100, beta2=0.99,
                                 weight_decay=0.1, grad_clip=1.0, dtype="float32"),
     "llama3_shakespeare": dict(_LLAMA3, dim=128, num_layers=4, num_q_heads=4, num_kv_heads=2,
                                max_seq_len=64, tokenizer="byte",
                                dataset="data/samples/tinyshakespeare/input.txt", val_fraction=0.1,
-                               micro_batch_size=12, max_iters=2000, eval_interval=250, eval_samples=20,
+                               micro_batch_size=12, max_iters=2000, eval_interval=250, eval_batches=20,
                                lr_init=0.0, lr_max=1e-3, lr_min=1e-4, warmup_iters=100, beta2=0.99,
                                weight_decay=0.1, grad_clip=1.0, dtype="float32"),
     # GPU scale

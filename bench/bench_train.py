@@ -1,5 +1,5 @@
-"""Training-step throughput of any preset: the same optimizer step as train.py's inner loop, timed phase
-by phase, printed as one JSON line.
+"""Training-step throughput of any preset: training/step.py's train_step, the very step train.py's loop
+runs (built by the same set-up functions), timed phase by phase, printed as one JSON line.
 
     python bench/bench_train.py --preset=nanogpt_shakespeare
     python bench/bench_train.py --preset=llama3_atto --dataset=data/samples/tinystories --steps=30
@@ -21,8 +21,6 @@ Any ModelConfig/TrainConfig field is an override (`--dim=256`, `--compile`, `--d
                  --block=25 steps alternate for --rounds=8 rounds so every variant sees the same load
 Experiment switches (default: exactly what train.py does; each one mimics a candidate change):
   --adamw=fused|foreach|forloop   AdamW implementation (training/optim.py picks fused on CPU and CUDA)
-  --clip_foreach                  clip_grad_norm_(..., foreach=True)
-  --no_item                       skip the per-step `step_loss.item()` finiteness check
   --no_log_io                     strip the @log_io wrappers from the model's forward methods
   --compile_mode=MODE             torch.compile mode (default / max-autotune-no-cudagraphs / reduce-overhead)
 
@@ -53,10 +51,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.machine import cpu_busy_s  # noqa: E402
+from cli import parse_bool  # noqa: E402
 
-BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "clip_foreach", "no_item",
-               "no_log_io", "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
-BOOL_FLAGS = {"clip_foreach", "no_item", "no_log_io", "scaling", "compare_eager_compile", "compare_dtypes"}
+BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "no_log_io",
+               "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
+BOOL_FLAGS = {"no_log_io", "scaling", "compare_eager_compile", "compare_dtypes"}
 
 # the scaling table: (label, dim, layers, heads) x context, at a fixed number of tokens per step
 SCALING_SIZES = [("1M", 128, 5, 4), ("5M", 256, 6, 4), ("25M", 512, 8, 8)]
@@ -66,15 +65,6 @@ SCALING_BUDGET_S = {"1M": 8.0, "5M": 15.0, "25M": 35.0}  # timed seconds per cel
 
 
 # --- small helpers -------------------------------------------------------------------------------------
-def _flag(name: str, text: str) -> bool:
-    low = str(text).lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"--{name} is a flag: give it alone, or as --{name}=true/false")
-
-
 def _rss_status(field: str) -> float:
     """VmHWM / VmRSS of this process in MB (Linux), NaN elsewhere."""
     try:
@@ -132,130 +122,79 @@ def _rebuild_adamw(optimizers: list, impl: str) -> list:
 
 
 # --- train.py's step, timed phase by phase ------------------------------------------------------------
+class PhaseClock:
+    """train_step's `clock`: seconds per phase, with the device synchronized at each mark."""
+
+    def __init__(self, sync):
+        self.sync, self.seconds, self.last = sync, {}, 0.0
+
+    def start(self) -> float:
+        self.sync()
+        self.seconds, self.last = {}, time.perf_counter()
+        return self.last
+
+    def __call__(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 class TrainStep:
-    """The model, optimizers and batches built exactly as train.py builds them for one process, and
-    `step()`: one optimizer step of train.py's inner loop, with perf_counter marks between phases."""
+    """The data, model and optimizers built by train.py's own set-up functions (training/setup.py) for one
+    process, and `step()`: training/step.py's train_step, the very function train.py's loop calls."""
 
     def __init__(self, overrides: dict, preset: str | None = None, adamw: str | None = None,
-                 clip_foreach: bool = False, no_item: bool = False, no_log_io: bool = False,
-                 compile_mode: str | None = None, max_steps: int = 1000):
+                 no_log_io: bool = False, compile_mode: str | None = None, max_steps: int = 1000):
         import dataclasses
-        import io
 
-        from tqdm import tqdm
-
-        import tools
         from cli import build_configs
-        from data.batches import TokenBatches
-        from data.pretokenize import load_tokens
-        from modules.model import Model
-        from training import distributed
-        from training.device import pick_device, pick_dtype
-        from training.optim import build_optimizers
+        from data.tokenizer import get_tokenizer
+        from training.setup import build_model, load_data, prepare_training, set_up
 
         model_cfg, cfg = build_configs(overrides, preset)
         if model_cfg.vocab_len is None:
-            model_cfg = dataclasses.replace(model_cfg,
-                                            vocab_len=tools.get_tokenizer(model_cfg.tokenizer).vocab_len)
+            model_cfg = dataclasses.replace(model_cfg, vocab_len=get_tokenizer(model_cfg.tokenizer).vocab_len)
         self.model_cfg, self.cfg, self.preset = model_cfg, cfg, preset
-        self.clip_foreach, self.no_item, self.adamw, self.compile_mode = clip_foreach, no_item, adamw, compile_mode
-        self.device = device = pick_device(cfg.device)
-        self.info = distributed.Dist()  # one process
-        self.dtype = pick_dtype(cfg.dtype, device)
-        torch.manual_seed(cfg.seed)
-        self.tokenizer = tools.get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
-        T = model_cfg.max_seq_len
-        self.tokens_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * T
-        needed = (max_steps + 2) * self.tokens_per_step + T + 1 if cfg.streaming else None
-        train_tokens = load_tokens(cfg, self.tokenizer, "train", max_tokens=needed, show_progress=False)
-        self.val_tokens = load_tokens(cfg, self.tokenizer, "validation", show_progress=False)
-        self.batches = TokenBatches(train_tokens, cfg.micro_batch_size, T, seed=cfg.seed, sampling=cfg.sampling,
-                                    device=device, doc_masking=cfg.doc_masking, bos_id=self.tokenizer.bos_id)
-        self.model = Model(model_cfg).to(device)
-        self.model.activation_checkpointing = cfg.activation_checkpointing
-        self.no_log_io = no_log_io
+        self.adamw, self.compile_mode, self.no_log_io = adamw, compile_mode, no_log_io
+        self.machine = machine = set_up(cfg)
+        self.device, self.dtype = machine.device, machine.dtype
+        self.tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
+        self.data = load_data(model_cfg, cfg, machine, self.tokenizer, show_progress=False, max_steps=max_steps)
+        self.tokens_per_step = cfg.micro_batch_size * cfg.grad_accum_steps * model_cfg.max_seq_len
+        self.model = build_model(model_cfg, cfg, machine)
         if no_log_io:
             _strip_log_io(self.model)
-        self.train_model = self.model
-        self.optimizers = build_optimizers(self.model, cfg, device)
+        self.train_model, self.optimizers = prepare_training(self.model, dataclasses.replace(cfg, compile=False),
+                                                             machine)
         if adamw is not None:
             self.optimizers = _rebuild_adamw(self.optimizers, adamw)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model, **({"mode": compile_mode} if compile_mode else {}))
-        self.cuda = device.type == "cuda"
-        self.sync = torch.cuda.synchronize if self.cuda else (lambda: None)
-        self.interval_loss, self.interval_steps, self.interval_tokens = torch.zeros((), device=device), 0, 0
-        self.tokens_seen, self.step_index = 0, 0
-        # as train.py, the loop runs inside a tqdm bar (drawn here into a string nobody reads)
-        self._progress = tqdm(range(max_steps), file=io.StringIO(), dynamic_ncols=True)
-        self._bar = iter(self._progress)
+        self.cuda = self.device.type == "cuda"
+        self.clock = PhaseClock(torch.cuda.synchronize if self.cuda else (lambda: None))
+        self.step_index, self.losses = 0, []
 
     def step(self) -> tuple[float, tuple]:
         """One optimizer step; returns (seconds, (data, forward, backward, clip, optimizer) seconds)."""
-        from training import distributed
-        from training.device import autocast
-        from training.optim import set_lr
-        from training.schedule import lr_at
-
-        cfg, device, dtype, sync, now = self.cfg, self.device, self.dtype, self.sync, time.perf_counter
-        train_model, model, optimizers = self.train_model, self.model, self.optimizers
-        next(self._bar, None)
-        step = self.step_index
-        sync()
-        start = now()
-        # ---- train.py's step ----
-        lr = lr_at(step, cfg)
-        set_lr(optimizers, lr, cfg)
-        step_loss = torch.zeros((), device=device)
-        t_data = t_fwd = t_bwd = 0.0
-        for micro in range(cfg.grad_accum_steps):
-            t0 = now()
-            batch = next(self.batches)
-            t1 = now()
-            last_micro = micro == cfg.grad_accum_steps - 1
-            with distributed.grad_sync(train_model, last_micro):
-                with autocast(device, dtype):
-                    _, loss = train_model(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
-                sync()
-                t2 = now()
-                (loss / cfg.grad_accum_steps).backward()
-                sync()
-                t3 = now()
-            step_loss += loss.detach() / cfg.grad_accum_steps
-            t_data, t_fwd, t_bwd = t_data + t1 - t0, t_fwd + t2 - t1, t_bwd + t3 - t2
-        t4 = now()
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf,
-                                                        **({"foreach": True} if self.clip_foreach else {}))
-        sync()
-        t5 = now()
-        if not self.no_item and not math.isfinite(step_loss.item()):
-            raise RuntimeError(f"loss became {step_loss.item()} at step {step}")
-        t6 = now()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sync()
-        t7 = now()
-        self.interval_loss += step_loss
-        self.interval_steps += 1
-        self.interval_tokens += self.tokens_per_step
-        self.tokens_seen += self.tokens_per_step
-        end = now()
-        # ---- end of train.py's step ----
+        from training.step import train_step
+        start = self.clock.start()
+        result = train_step(self.step_index, self.train_model, self.optimizers, self.data.batches, self.cfg,
+                            self.device, self.dtype, clock=self.clock)
+        end = self.clock.last
         self.step_index += 1
-        self.last_loss = step_loss
-        return end - start, (t_data, t_fwd, t_bwd, t5 - t4, t7 - t6)
+        self.losses.append(result.loss)
+        self.grad_norm = result.grad_norm
+        t = self.clock.seconds
+        return end - start, tuple(t.get(k, 0.0) for k in ("data", "forward", "backward", "clip", "optimizer"))
 
     def evaluate_ms(self) -> float:
-        """One train.evaluate() call (eval_samples validation batches), in ms."""
-        from train import evaluate
+        """One evaluation (eval_batches validation batches, as train.py runs it), in ms."""
+        from training.evaluate import evaluate
         start = time.perf_counter()
-        evaluate(self.train_model, self.val_tokens, self.model_cfg, self.cfg, self.info, self.device,
-                 self.dtype, self.tokenizer.bos_id)
+        evaluate(self.train_model, self.data.val_tokens, self.model_cfg.max_seq_len, self.cfg, self.machine,
+                 self.tokenizer.bos_id)
         return 1e3 * (time.perf_counter() - start)
-
-    def close(self) -> None:
-        self._progress.close()
 
 
 # --- one benchmark -------------------------------------------------------------------------------------
@@ -287,7 +226,6 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
     eval_ms = runner.evaluate_ms()
-    runner.close()
 
     median, mean = statistics.median(times), statistics.fmean(times)
     data_ms, fwd_ms, bwd_ms, clip_ms, opt_ms = (1e3 * statistics.fmean(p[i] for p in phases) for i in range(5))
@@ -315,15 +253,14 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
         split_frac={k: round(v / (1e3 * mean), 4) for k, v in split.items()},
         clip_ms=round(clip_ms, 3), outside_frac=round((data_ms + other_ms) / (1e3 * mean), 4),
         eval_ms=round(eval_ms, 1), eval_frac_amortized=round(eval_ms / (cfg.eval_interval * 1e3 * mean), 4),
-        variants=dict(adamw=runner.adamw, clip_foreach=runner.clip_foreach, no_item=runner.no_item,
-                      no_log_io=variants.get("no_log_io", False)),
+        variants=dict(adamw=runner.adamw, no_log_io=runner.no_log_io),
         others_cpu_cores=round(others_cores, 3), cpus=os.cpu_count(),
         torch=torch.__version__, load_avg=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         date=time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 # --- paired comparison: variants alternate in one process ---------------------------------------------
-VARIANT_SWITCHES = {"adamw", "clip_foreach", "no_item", "no_log_io", "compile_mode"}
+VARIANT_SWITCHES = {"adamw", "no_log_io", "compile_mode"}
 
 
 def _parse_variant(spec: str) -> tuple[dict, dict, int | None]:
@@ -338,7 +275,7 @@ def _parse_variant(spec: str) -> tuple[dict, dict, int | None]:
         if key == "threads":
             threads = int(value)
         elif key in VARIANT_SWITCHES:
-            switches[key] = _flag(key, value) if key in BOOL_FLAGS else value
+            switches[key] = parse_bool(value, key) if key in BOOL_FLAGS else value
         else:
             overrides[key] = value
     return switches, overrides, threads
@@ -432,7 +369,7 @@ def scaling_table(base_args: list[str], preset: str) -> list[dict]:
         for T in SCALING_CONTEXTS:
             cell = dict(dim=dim, num_layers=layers, num_q_heads=heads, num_kv_heads=heads, head_dim="None",
                         max_seq_len=T, micro_batch_size=SCALING_TOKENS_PER_STEP // T, grad_accum_steps=1,
-                        eval_samples=2)  # the eval timing only needs a couple of batches here
+                        eval_batches=2)  # the eval timing only needs a couple of batches here
             args = [a for a in base_args if a.split("=")[0].lstrip("-") not in cell]
             args += [f"--preset={preset}", *(f"--{k}={v}" for k, v in cell.items()),
                      f"--budget_s={SCALING_BUDGET_S[label]}", "--warmup=2", "--steps=50"]
@@ -456,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bench = {k: overrides.pop(k) for k in list(overrides) if k in BENCH_FLAGS}
     for k in BOOL_FLAGS & bench.keys():
-        bench[k] = _flag(k, bench[k])
+        bench[k] = parse_bool(bench[k], k)
     preset = bench.get("preset", "nanogpt_shakespeare")
     base_args = [a for a in argv if a.lstrip("-").split("=")[0].replace("-", "_")
                  not in ("scaling", "compare_eager_compile", "compare_dtypes")]
@@ -475,14 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         _compare(base_args, "compile", ["false", "true"])
         return 0
     if bench.get("compare_dtypes"):  # bf16 without AMX is very slow on CPU: fewer steps for it
-        slow = {"bfloat16": {"steps": 5, "warmup": 1, "eval_samples": 2}} if not torch.cuda.is_available() else {}
+        slow = {"bfloat16": {"steps": 5, "warmup": 1, "eval_batches": 2}} if not torch.cuda.is_available() else {}
         _compare(base_args, "dtype", ["float32", "bfloat16"], slow)
         return 0
     try:
         row = run_bench(overrides, preset, steps=int(bench.get("steps", 100)), warmup=int(bench.get("warmup", 10)),
                         budget_s=float(bench["budget_s"]) if "budget_s" in bench else None,
-                        adamw=bench.get("adamw"), clip_foreach=bench.get("clip_foreach", False),
-                        no_item=bench.get("no_item", False), no_log_io=bench.get("no_log_io", False),
+                        adamw=bench.get("adamw"), no_log_io=bench.get("no_log_io", False),
                         compile_mode=bench.get("compile_mode"))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

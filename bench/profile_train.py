@@ -7,7 +7,7 @@ the top ops by self CPU time, and a grouped summary; optionally py-spy for a Pyt
 
 Flags: --steps=N profiled steps (default 10), --warmup=N (default 5), --top=N rows (default 25),
 --threads=N, --trace=FILE (a Chrome trace), --json (the summary as one JSON line only), --py_spy,
-and bench_train's experiment switches (--adamw=..., --no_log_io, --clip_foreach, --no_item).
+and bench_train's experiment switches (--adamw=..., --no_log_io).
 Any other --key=value is a config override, as for train.py.
 
 Groups (by op name, self CPU time): matmul (mm/addmm/bmm/linear), attention (SDPA kernels), norm
@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 
-from bench_train import TrainStep, _flag  # noqa: E402
+from bench_train import TrainStep  # noqa: E402
+from cli import parse_bool  # noqa: E402
 
 GROUP_PATTERNS = [  # first match wins; op names lower-cased
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "attention")),
@@ -78,7 +79,7 @@ def profile(runner: TrainStep, steps: int, trace: str | None = None) -> tuple[li
     optimizers = runner.optimizers
     original_steps = [opt.step for opt in optimizers]
     clip = torch.nn.utils.clip_grad_norm_
-    original_next = type(runner.batches).__next__
+    original_next = type(runner.data.batches).__next__
 
     # label the optimizer and data phases so their ops can be grouped, whatever they are called
     def labelled(fn, label):
@@ -90,7 +91,7 @@ def profile(runner: TrainStep, steps: int, trace: str | None = None) -> tuple[li
     for opt, fn in zip(optimizers, original_steps):
         opt.step = labelled(fn, "##optimizer")
     torch.nn.utils.clip_grad_norm_ = labelled(clip, "##optimizer")
-    type(runner.batches).__next__ = labelled(original_next, "##data")
+    type(runner.data.batches).__next__ = labelled(original_next, "##data")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.cuda else [])
     try:
         with torch_profile(activities=activities) as prof:
@@ -102,7 +103,7 @@ def profile(runner: TrainStep, steps: int, trace: str | None = None) -> tuple[li
         for opt, fn in zip(optimizers, original_steps):
             opt.step = fn
         torch.nn.utils.clip_grad_norm_ = clip
-        type(runner.batches).__next__ = original_next
+        type(runner.data.batches).__next__ = original_next
     if trace:
         prof.export_chrome_trace(trace)
 
@@ -149,13 +150,13 @@ def run_py_spy(argv: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0 or not out.exists():
         return f"py-spy failed: {proc.stderr.strip()[-500:]}"
-    # raw format: 'frame;frame;... count'. Keep the samples taken inside TrainStep.step (the timed
+    # raw format: 'frame;frame;... count'. Keep the samples taken inside train_step (the timed
     # steps, not imports or setup); attribute each to the step's line (its phase) and to its leaf frame.
     self_counts, by_line, incl, total = defaultdict(int), defaultdict(int), defaultdict(int), 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        inside = [i for i, f in enumerate(frames) if f.startswith("TrainStep.step (")]
+        inside = [i for i, f in enumerate(frames) if f.startswith("train_step (")]
         if not inside:
             continue
         n = int(count)
@@ -165,9 +166,9 @@ def run_py_spy(argv: list[str]) -> str:
         for f in set(frames[inside[0] + 1:]):
             incl[f] += n
     if not total:
-        return "py-spy: no samples inside TrainStep.step"
-    lines = [f"py-spy: {total} samples inside TrainStep.step (train.py's step), {args}"]
-    lines.append("  by line of the step (bench/bench_train.py, TrainStep.step):")
+        return "py-spy: no samples inside train_step"
+    lines = [f"py-spy: {total} samples inside train_step (training/step.py), {args}"]
+    lines.append("  by line of the step (training/step.py, train_step):")
     for f, n in sorted(by_line.items(), key=lambda kv: -kv[1])[:10]:
         lines.append(f"    {100 * n / total:5.1f}%  {f}")
     lines.append("  top self (leaf) frames:")
@@ -192,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     own = {k: overrides.pop(k) for k in list(overrides)
            if k in ("preset", "steps", "warmup", "top", "threads", "trace", "json", "py_spy", "no_profiler",
-                    "adamw", "clip_foreach", "no_item", "no_log_io", "compile_mode")}
-    for k in ("json", "py_spy", "no_profiler", "clip_foreach", "no_item", "no_log_io"):
-        own[k] = _flag(k, own.get(k, "false"))
+                    "adamw", "no_log_io", "compile_mode")}
+    for k in ("json", "py_spy", "no_profiler", "no_log_io"):
+        own[k] = parse_bool(own.get(k, "false"), k)
     if own["py_spy"]:
         print(run_py_spy(argv))
         return 0
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(own["threads"]))
     preset = own.get("preset", "nanogpt_shakespeare")
     steps, warmup = int(own.get("steps", 10)), int(own.get("warmup", 5))
-    runner = TrainStep(overrides, preset, adamw=own.get("adamw"), clip_foreach=own["clip_foreach"],
-                       no_item=own["no_item"], no_log_io=own["no_log_io"], compile_mode=own.get("compile_mode"),
+    runner = TrainStep(overrides, preset, adamw=own.get("adamw"), no_log_io=own["no_log_io"],
+                       compile_mode=own.get("compile_mode"),
                        max_steps=warmup + steps + 1)
     if runner.cfg.compile:
         warmup = max(warmup, 3)

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset=nanogpt_shakespeare", "--dim=32", "--num_layers=1", "--num_q_heads=2", "--num_kv_heads=2",
-        "--max_seq_len=16", "--micro_batch_size=2", "--eval_samples=2", "--threads=1"]
+        "--max_seq_len=16", "--micro_batch_size=2", "--eval_batches=2", "--threads=1"]
 TRAIN_KEYS = {"preset", "params", "device", "dtype", "compile", "threads", "tokens_per_step", "steps",
               "ms_per_iter", "ms_p10", "ms_p90", "tokens_per_sec", "flops_per_token", "mfu", "peak_flops",
               "peak_memory_mb", "split_ms", "split_frac", "outside_frac", "load_avg", "date"}
@@ -51,6 +51,27 @@ def _bench_module(name: str):
         return __import__(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_times_the_very_step_train_py_runs(sample_data, tmp_path, monkeypatch):
+    """Same settings and seed: the benchmark's step losses are the trainer's logged losses, bit for bit."""
+    import tools
+    import train
+    from tests.helpers import read_log
+
+    monkeypatch.setattr(tools, "TRAINED_DIR", tmp_path / "trained")
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(tmp_path / "trained"))
+    settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, tokenizer="byte",
+                    dataset=str(sample_data / "tinyshakespeare" / "input.txt"), val_fraction=0.1,
+                    cache_dir=str(tmp_path / "cache"), micro_batch_size=2,
+                    grad_accum_steps=2, max_iters=5, eval_interval=1, eval_batches=1, warmup_iters=2, device="cpu",
+                    dtype="float32", dropout_resid=0.1)
+    runner = _bench_module("bench_train").TrainStep({k: str(v) for k, v in settings.items()}, max_steps=5)
+    for _ in range(5):
+        runner.step()
+    assert train.main([f"--{k}={v}" for k, v in settings.items()] + ["--model_name=same"]) == 0
+    logged = [float(row["train_loss"]) for row in read_log(tmp_path / "trained" / "same")]
+    assert [float(loss) for loss in runner.losses] == logged
 
 
 def test_bench_train_rejects_an_unknown_field(tmp_path, capsys):

@@ -71,7 +71,7 @@ TRAIN_BAD = [
     ("device", "gpu"), ("dtype", "float16"), ("sampling", "shuffle"), ("anneal_type", "exp"),
     ("optimizer", "sgd"), ("parallel", "tp"),
     ("micro_batch_size", 0), ("micro_batch_size", 8.0), ("grad_accum_steps", 0), ("max_iters", -5),
-    ("eval_interval", 0), ("eval_samples", 0), ("checkpoint_interval", "500"),
+    ("log_interval", 0), ("eval_interval", 0), ("eval_batches", 0), ("checkpoint_interval", "500"),
     ("seed", -1), ("seed", 1.5),
     ("warmup_iters", -1), ("final_flat_iters", -1), ("num_restarts", -1), ("num_restarts", True),
     ("compile", "yes"), ("streaming", 1), ("doc_masking", None), ("activation_checkpointing", 0),

@@ -17,10 +17,10 @@ from tests.helpers import deterministic, read_log
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings(sample_data: Path, tmp_path: Path, **extra) -> list[str]:
+def settings(sample_data: Path, cache: Path, **extra) -> list[str]:
     base = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, vocab_len=512,
-                dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"), max_iters=6,
-                eval_interval=3, eval_samples=2, checkpoint_interval=3, warmup_iters=2, device="cpu", dtype="float32")
+                dataset=str(sample_data / "tinystories"), cache_dir=str(cache), max_iters=6,
+                eval_interval=3, eval_batches=2, checkpoint_interval=3, warmup_iters=2, device="cpu", dtype="float32")
     base.update(extra)
     return [f"--{k}={v}" for k, v in base.items()]
 
@@ -36,9 +36,15 @@ def run(args: list[str], trained: Path, procs: int = 1) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def single_run(shared_data_module, tmp_path_factory):
+def cache(tmp_path_factory) -> Path:
+    """One token cache for the module (tokenizing takes longer than these runs)."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture(scope="module")
+def single_run(shared_data_module, cache, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
-    run(settings(shared_data_module, tmp, micro_batch_size=8, model_name="single"), tmp / "trained")
+    run(settings(shared_data_module, cache, micro_batch_size=8, model_name="single"), tmp / "trained")
     return read_log(tmp / "trained" / "single")
 
 
@@ -56,16 +62,16 @@ def assert_same_curve(rows_a, rows_b, tol=1e-4):
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_follow_single_process_curve(parallel, single_run, shared_data_module, tmp_path):
-    out = run(settings(shared_data_module, tmp_path, micro_batch_size=4, model_name="multi", parallel=parallel,
+def test_two_processes_follow_single_process_curve(parallel, single_run, shared_data_module, cache, tmp_path):
+    out = run(settings(shared_data_module, cache, micro_batch_size=4, model_name="multi", parallel=parallel,
                        activation_checkpointing=parallel == "fsdp"), tmp_path / "trained", procs=2)
     assert "2 process(es)" in out.stdout and out.stdout.count("done:") == 1  # rank 0 alone reports
     assert_same_curve(read_log(tmp_path / "trained" / "multi"), single_run)
 
 
-def test_two_process_run_resumes_exactly(shared_data_module, tmp_path):
+def test_two_process_run_resumes_exactly(shared_data_module, cache, tmp_path):
     trained = tmp_path / "trained"
-    args = settings(shared_data_module, tmp_path, micro_batch_size=4, model_name="multi")
+    args = settings(shared_data_module, cache, micro_batch_size=4, model_name="multi")
     run(args, trained, procs=2)
     run_dir = trained / "multi"
     full_log = read_log(run_dir)

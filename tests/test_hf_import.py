@@ -69,7 +69,7 @@ def run_args(sample_data: Path, tmp_path: Path, name: str, source: str, **extra)
     """One step at learning rate 0: the saved weights are the source's, unchanged."""
     settings = dict(init_from=source, tokenizer="byte", max_seq_len=32, dataset=str(sample_data / "tinystories"),
                     cache_dir=str(tmp_path / "cache"), micro_batch_size=2, max_iters=1, eval_interval=1,
-                    eval_samples=1, warmup_iters=1, lr_init=0.0, lr_max=1e-3, lr_min=0.0, dtype="float32",
+                    eval_batches=1, warmup_iters=1, lr_init=0.0, lr_max=1e-3, lr_min=0.0, dtype="float32",
                     device="cpu", model_name=name)
     return [f"--{k}={v}" for k, v in {**settings, **extra}.items()]
 

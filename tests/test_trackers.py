@@ -27,7 +27,7 @@ def offline_wandb(tmp_path, monkeypatch):
 def tiny_run(sample_data: Path, tmp_path: Path, tracker: str) -> list[str]:
     settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, tokenizer="byte",
                     dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"), micro_batch_size=2,
-                    max_iters=6, eval_interval=2, eval_samples=1, warmup_iters=1, dtype="float32", device="cpu",
+                    max_iters=6, eval_interval=2, eval_batches=1, warmup_iters=1, dtype="float32", device="cpu",
                     model_name="run", tracker=tracker)
     return [f"--{k}={v}" for k, v in settings.items()]
 

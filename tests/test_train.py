@@ -23,11 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "tests" / "baselines" / "loss_curve.json"
 
 
-def tiny_args(sample_data: Path, tmp_path: Path, name: str = "run", **extra) -> list[str]:
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One token cache for the tiny runs (tokenizing the sample takes longer than training on it)."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
+def tiny_args(sample_data: Path, cache: Path, name: str = "run", **extra) -> list[str]:
     """A ~30k-parameter model on the TinyStories sample; a few seconds per run on 2 cores."""
     settings = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, tokenizer="bpe_tinyStories",
-                    vocab_len=512, dataset=str(sample_data / "tinystories"), cache_dir=str(tmp_path / "cache"),
-                    micro_batch_size=4, max_iters=12, eval_interval=3, eval_samples=2, checkpoint_interval=4,
+                    vocab_len=512, dataset=str(sample_data / "tinystories"), cache_dir=str(cache),
+                    micro_batch_size=4, max_iters=12, eval_interval=3, eval_batches=2, checkpoint_interval=4,
                     warmup_iters=2, lr_max=3e-3, lr_min=3e-4, dtype="float32", device="cpu", model_name=name)
     settings.update(extra)
     return [f"--{k}={v}" for k, v in settings.items()]
@@ -41,11 +47,13 @@ def trained_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def test_run_folder_holds_everything(sample_data, tmp_path, trained_dir):
-    assert train.main(tiny_args(sample_data, tmp_path)) == 0
+def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
+    assert train.main(tiny_args(sample_data, data_cache)) == 0
     run = trained_dir / "run"
-    for name in ("model_config.json", "train_config.json", "model.safetensors", "log_data.csv"):
+    for name in ("model_config.json", "train_config.json", "model.safetensors", "log_data.csv",
+                 "training_curves.png"):
         assert (run / name).is_file(), name
+    assert (run / "training_curves.png").read_bytes().startswith(b"\x89PNG")
     rows = read_log(run)
     assert list(rows[0]) == COLUMNS
     assert [int(r["step"]) for r in rows] == [3, 6, 9, 12]
@@ -60,8 +68,8 @@ def test_run_folder_holds_everything(sample_data, tmp_path, trained_dir):
     assert not model.training and train_cfg.model_name == "run"
 
 
-def test_existing_run_is_refused_unless_resume_or_overwrite(sample_data, tmp_path, trained_dir, capsys):
-    args = tiny_args(sample_data, tmp_path, max_iters=3)
+def test_existing_run_is_refused_unless_resume_or_overwrite(sample_data, data_cache, trained_dir, capsys):
+    args = tiny_args(sample_data, data_cache, max_iters=3)
     assert train.main(args) == 0
     assert train.main(args) == 2
     assert "already exists" in capsys.readouterr().err
@@ -84,9 +92,9 @@ def test_cli_errors_are_one_clear_line(argv, message, trained_dir, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, tmp_path, trained_dir, monkeypatch):
+def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_cache, trained_dir, monkeypatch):
     """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one."""
-    assert train.main(tiny_args(sample_data, tmp_path, name="straight")) == 0
+    assert train.main(tiny_args(sample_data, data_cache, name="straight")) == 0
 
     import training.checkpoint as ckpt
     real_save, calls = torch.save, {"n": 0}
@@ -99,16 +107,16 @@ def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, tmp_pat
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", crash_on_second_checkpoint)
-    assert train.main(tiny_args(sample_data, tmp_path, name="crashed")) == 130
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed")) == 130
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert latest_checkpoint(trained_dir / "crashed").name == "step_4"
-    assert train.main(tiny_args(sample_data, tmp_path, name="crashed") + ["--resume"]) == 0
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed") + ["--resume"]) == 0
     assert deterministic(read_log(trained_dir / "crashed")) == deterministic(read_log(trained_dir / "straight"))
 
 
-def test_kill_9_then_resume_gives_identical_log(sample_data, tmp_path, trained_dir):
+def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained_dir):
     """kill -9 at an arbitrary moment after the first checkpoint; --resume reproduces the log bit for bit."""
-    args = tiny_args(sample_data, tmp_path, max_iters=24, checkpoint_interval=5, eval_interval=4)
+    args = tiny_args(sample_data, data_cache, max_iters=24, checkpoint_interval=5, eval_interval=4)
     assert train.main(args[:-1] + ["--model_name=straight"]) == 0
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -128,10 +136,10 @@ def test_kill_9_then_resume_gives_identical_log(sample_data, tmp_path, trained_d
     assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
 
 
-def test_corrupt_checkpoint_is_one_clear_line(sample_data, tmp_path, trained_dir, capsys):
-    assert train.main(tiny_args(sample_data, tmp_path, max_iters=4)) == 0
+def test_corrupt_checkpoint_is_one_clear_line(sample_data, data_cache, trained_dir, capsys):
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=4)) == 0
     (latest_checkpoint(trained_dir / "run") / "state.pt").write_bytes(b"not a checkpoint")
-    assert train.main(tiny_args(sample_data, tmp_path, max_iters=4) + ["--resume"]) == 2
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=4) + ["--resume"]) == 2
     err = capsys.readouterr().err
     assert "is corrupt or not a checkpoint" in err and "--overwrite" in err and "Traceback" not in err
 
@@ -146,29 +154,29 @@ def test_unreachable_hub_is_one_clear_line(tmp_path, trained_dir, monkeypatch, c
     assert last.startswith("error: could not reach the Hugging Face hub") and "--dataset=" in last
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(sample_data, tmp_path, trained_dir, capsys):
-    assert train.main(tiny_args(sample_data, tmp_path, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(sample_data, data_cache, trained_dir, capsys):
+    assert train.main(tiny_args(sample_data, data_cache, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
                                 checkpoint_interval=1, eval_interval=1)) == 2
     err = capsys.readouterr().err
-    assert "loss became" in err and "last good checkpoint" in err
+    assert "the run stopped" in err and "last good checkpoint" in err
     kept = latest_checkpoint(trained_dir / "run")
     assert kept is not None
     state = torch.load(kept / "state.pt", weights_only=True)
     assert math.isfinite(state["best_val"])
 
 
-def test_config_flag_starts_a_new_run_from_saved_configs(sample_data, tmp_path, trained_dir):
-    assert train.main(tiny_args(sample_data, tmp_path, max_iters=3)) == 0
+def test_config_flag_starts_a_new_run_from_saved_configs(sample_data, data_cache, trained_dir):
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=3)) == 0
     assert train.main([f"--config={trained_dir / 'run'}", "--model_name=child", "--qk_norm=true"]) == 0
     child = json.loads((trained_dir / "child" / "model_config.json").read_text())
     assert child["qk_norm"] is True and child["dim"] == 32
 
 
-def test_grad_accumulation_matches_a_bigger_micro_batch(sample_data, tmp_path, trained_dir):
+def test_grad_accumulation_matches_a_bigger_micro_batch(sample_data, data_cache, trained_dir):
     """2 micro-batches of 4 accumulate to the same update as one batch of 8 (sequential data, no dropout)."""
     common = dict(sampling="sequential", max_iters=6, eval_interval=3)
-    assert train.main(tiny_args(sample_data, tmp_path, name="big", micro_batch_size=8, **common)) == 0
-    assert train.main(tiny_args(sample_data, tmp_path, name="acc", micro_batch_size=4, grad_accum_steps=2,
+    assert train.main(tiny_args(sample_data, data_cache, name="big", micro_batch_size=8, **common)) == 0
+    assert train.main(tiny_args(sample_data, data_cache, name="acc", micro_batch_size=4, grad_accum_steps=2,
                                 **common)) == 0
     big, acc = read_log(trained_dir / "big"), read_log(trained_dir / "acc")
     for a, b in zip(big, acc):  # (validation batches differ: they are micro_batch_size rows each)
@@ -176,10 +184,10 @@ def test_grad_accumulation_matches_a_bigger_micro_batch(sample_data, tmp_path, t
         assert float(a["grad_norm"]) == pytest.approx(float(b["grad_norm"]), rel=1e-3)
 
 
-def test_loss_curve_matches_stored_baseline(sample_data, tmp_path, trained_dir):
+def test_loss_curve_matches_stored_baseline(sample_data, data_cache, trained_dir):
     """A change that silently makes learning worse fails here. Regenerate deliberately with
     TEMPLATEGPT_UPDATE_BASELINE=1 when a change is meant to alter the curve."""
-    assert train.main(tiny_args(sample_data, tmp_path, max_iters=30, eval_interval=5, checkpoint_interval=30,
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=30, eval_interval=5, checkpoint_interval=30,
                                 sampling="random", seed=7)) == 0
     curve = [float(r["val_loss"]) for r in read_log(trained_dir / "run")]
     if os.environ.get("TEMPLATEGPT_UPDATE_BASELINE") == "1":
@@ -190,3 +198,61 @@ def test_loss_curve_matches_stored_baseline(sample_data, tmp_path, trained_dir):
     for got, want in zip(curve, expected):
         assert got == pytest.approx(want, abs=0.02)
     assert curve[-1] < curve[0] - 0.5  # and it really learns
+
+
+@pytest.mark.parametrize("field, names, value", [("optimizer", "OPTIMIZERS", "lion"),
+                                                 ("anneal_type", "ANNEAL_TYPES", "exp")])
+def test_a_choice_named_in_config_without_an_implementation_stops_training(field, names, value, sample_data,
+                                                                         data_cache, trained_dir, monkeypatch, capsys):
+    """Adding only a name to config.py's list must not silently train with another implementation."""
+    import config
+    monkeypatch.setattr(config, names, getattr(config, names) + (value,))
+    assert train.main(tiny_args(sample_data, data_cache, **{field: value})) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{field}={value!r}" in last and "training/" in last
+    assert not (trained_dir / "run").exists()
+
+
+def test_log_to_a_file_has_loss_lines_between_evaluations(sample_data, data_cache, trained_dir, capfd):
+    """Output redirected (a log file, CI, a job scheduler: not a terminal): plain lines, no progress bar's
+    carriage returns; a loss line every log_interval steps, evaluations in between."""
+    args = tiny_args(sample_data, data_cache, max_iters=12, eval_interval=6, log_interval=2)
+    assert train.main(args) == 0
+    out, err = capfd.readouterr()
+    text = out + err
+    assert "\r" not in text
+    lines = out.splitlines()
+    loss_steps = [int(ln.split()[1].split("/")[0]) for ln in lines if ln.startswith("step ") and ": loss " in ln]
+    assert loss_steps == [2, 4, 6, 8, 10, 12]
+    assert sum("evaluating" in ln for ln in lines) == 2
+    first_eval = next(i for i, ln in enumerate(lines) if "val loss" in ln)
+    assert any(": loss " in ln for ln in lines[first_eval:]) and any(": loss " in ln for ln in lines[:first_eval])
+    assert all("lr " in ln and "tokens/s" in ln for ln in lines if ": loss " in ln)
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_field_and_the_presets(flag, capsys):
+    import config
+    assert train.main([flag]) == 0
+    out = capsys.readouterr().out
+    for name in sorted(config.MODEL_FIELDS | config.TRAIN_FIELDS):
+        assert f"--{name} (" in out, name
+    for preset in config.PRESETS:
+        assert f"  {preset} " in out, preset
+    assert "--resume" in out and "--overwrite" in out
+
+
+def test_help_for_one_field(capsys):
+    assert train.main(["--help=log_interval"]) == 0
+    out = capsys.readouterr().out
+    assert "--log_interval (int, default 10)" in out and "--eval_interval" not in out
+    assert train.main(["--help=log_intervall"]) == 2
+    assert "log_interval" in capsys.readouterr().err
+
+
+def test_old_name_eval_samples_still_loads(tmp_path):
+    """Runs saved before eval_samples became eval_batches (the shipped ones) keep loading."""
+    model_cfg, train_cfg = tools.load_configs(ROOT / "trained" / "llama3_atto")
+    assert train_cfg.eval_batches == json.loads((ROOT / "trained/llama3_atto/train_config.json").read_text())["eval_samples"]
+    from cli import build_configs
+    assert build_configs({"eval_samples": "3"})[1].eval_batches == 3

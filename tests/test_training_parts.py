@@ -110,3 +110,32 @@ def test_run_log_resume_drops_rows_after_the_checkpoint(tmp_path):
     resumed = RunLog.resume(tmp_path / "log.csv", up_to_step=20)
     assert [int(r["step"]) for r in resumed.rows] == [10, 20]
     assert float(resumed.rows[0]["train_loss"]) == 10.1  # repr(float) round-trips exactly
+
+
+def test_unimplemented_choices_are_clear_errors():
+    from training.optim import optimizer_builder
+    from training.schedule import anneal_shape
+    with pytest.raises(ValueError, match="optimizer='lion'.*OPTIMIZER_BUILDERS"):
+        optimizer_builder("lion")
+    with pytest.raises(ValueError, match="anneal_type='exp'.*ANNEAL_SHAPES"):
+        anneal_shape("exp")
+
+
+def test_run_state_saves_and_restores_whole(tmp_path):
+    """Every field survives a checkpoint round trip through torch.load(weights_only=True)."""
+    import dataclasses
+
+    from training.run_state import RunState
+    state = RunState(step=7, tokens=896, elapsed_s=1.5, best_val=2.25, interval_steps=3, interval_tokens=384,
+                     interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
+    state.add_step(torch.tensor(2.0), tokens=128, seconds=0.25)
+    state.capture_rng(torch.device("cpu"))
+    torch.save({**state.to_dict(), "optimizers": []}, tmp_path / "state.pt")
+    back = RunState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for f in dataclasses.fields(RunState):
+        a, b = getattr(state, f.name), getattr(back, f.name)
+        assert torch.equal(a, b) if f.name == "interval_loss" else (
+            torch.equal(a["torch"], b["torch"]) if f.name == "rng" else a == b), f.name
+    loss, tokens_per_sec = back.close_interval()
+    assert float(loss) == 0.5 and tokens_per_sec == 512 / 0.75 and back.interval_steps == 0
+    assert back.elapsed_s == 2.25

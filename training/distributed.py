@@ -73,6 +73,35 @@ def wrap_model(model: nn.Module, info: Dist, parallel: str, device: torch.device
     return DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
 
 
+def gather(obj, info: Dist) -> list:
+    """Every rank's `obj` (small, picklable: e.g. a data-loader position), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# --- whole state dicts, whatever the wrapping ------------------------------------------------------------
+# The one place that knows FSDP shards parameters: get_model_state_dict gathers the shards into whole
+# tensors (on CPU when several processes share a GPU node's memory); for one process or DDP it returns the
+# model's own tensors. `model` is the plain Model (FSDP2 shards it in place; DDP and torch.compile wrap it).
+def full_state_dicts(model: nn.Module, optimizers: list, info: Dist) -> tuple[dict, list[dict]]:
+    """(weights, [optimizer states]) as whole tensors with parameter names as keys."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=info.enabled)
+    return (get_model_state_dict(model, options=options),
+            [get_optimizer_state_dict(model, opt, options=options) for opt in optimizers])
+
+
+def load_optimizer_states(model: nn.Module, optimizers: list, states: list[dict]) -> None:
+    """The inverse of full_state_dicts for the optimizers (each rank keeps its own shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    for opt, state in zip(optimizers, states, strict=True):
+        set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
 def grad_sync(model: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on micro-steps before the last one of an accumulation."""
     if enabled:

@@ -30,18 +30,38 @@ def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.
                              fused=fused, foreach=None if fused else True)
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    """One or two optimizers; every group has 'base_lr' so the schedule can scale it."""
+def _adamw_only(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     matrices, embeddings, other = split_params(model)
-    if cfg.optimizer == "adamw":
-        groups = [dict(params=matrices, weight_decay=cfg.weight_decay, base_lr=cfg.lr_max),
-                  dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
-        return [_adamw([g for g in groups if g["params"]], cfg, device)]
+    groups = [dict(params=matrices, weight_decay=cfg.weight_decay, base_lr=cfg.lr_max),
+              dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
+    return [_adamw([g for g in groups if g["params"]], cfg, device)]
+
+
+def _muon_and_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/)
+    matrices, embeddings, other = split_params(model)
     muon = torch.optim.Muon([dict(params=matrices, base_lr=cfg.muon_lr)], lr=cfg.muon_lr,
                             weight_decay=cfg.weight_decay)
     adam_groups = [dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
     return [muon, _adamw(adam_groups, cfg, device)]
+
+
+# TrainConfig.optimizer -> its builder. A new optimizer is a name in config.OPTIMIZERS plus an entry here.
+OPTIMIZER_BUILDERS = {"adamw": _adamw_only, "muon": _muon_and_adamw}
+
+
+def optimizer_builder(name: str):
+    """The builder for `name`; a name allowed in config.py but not implemented here is a clear error."""
+    if name not in OPTIMIZER_BUILDERS:
+        raise ValueError(f"optimizer={name!r} is allowed by config.OPTIMIZERS but training/optim.py has no "
+                         f"builder for it (implemented: {', '.join(OPTIMIZER_BUILDERS)}): add one to "
+                         f"OPTIMIZER_BUILDERS")
+    return OPTIMIZER_BUILDERS[name]
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
+    """One or two optimizers; every group has 'base_lr' so the schedule can scale it."""
+    return optimizer_builder(cfg.optimizer)(model, cfg, device)
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], lr: float, cfg: TrainConfig) -> None:
