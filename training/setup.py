@@ -13,7 +13,7 @@ from config import ModelConfig, TrainConfig
 from data.batches import TokenBatches
 from modules.model import Model
 from training import distributed
-from training.device import pick_device, pick_dtype
+from training.device import dtype_choice, pick_device
 from training.optim import build_optimizers, optimizer_builder
 from training.schedule import anneal_shape
 
@@ -27,6 +27,7 @@ class Machine:
     device: torch.device
     dtype: torch.dtype
     dist: distributed.Dist
+    dtype_reason: str = ""  # why dtype='auto' chose what it did, for the run header
 
     @property
     def is_main(self) -> bool:
@@ -49,7 +50,8 @@ def set_up(train_cfg: TrainConfig) -> Machine:
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
-    return Machine(device, pick_dtype(train_cfg.dtype, device), info)
+    dtype, why = dtype_choice(train_cfg.dtype, device)
+    return Machine(device, dtype, info, why)
 
 
 @dataclass
