@@ -24,6 +24,7 @@ DTYPES = ("auto", "float32", "bfloat16")
 SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
 TRACKERS = ("none", "tensorboard", "wandb")
+PARAMETRIZATIONS = ("sp", "mup")  # standard, or μP (modules/mup.py: lr and init that transfer across widths)
 # A run name is a folder in trained/ that inference finds again by name: letters, digits and . _ - + =,
 # not starting with '.', '-' or '~' (hidden files, options, home folders), short enough for any file system.
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
@@ -133,6 +134,10 @@ class ModelConfig(_Validated):
     dropout_resid: float = 0.0          # on each sublayer's output before the residual add
     # --- init ---
     init_std: float = 0.02              # std of weights; residual projections get init_std / sqrt(2 * num_layers)
+    # --- width scaling (modules/mup.py) ---
+    parametrization: str = "sp"         # 'sp' (standard) or 'mup': lr and init tuned at mup_base_dim carry to any dim
+    mup_base_dim: int = 128             # 'mup': the width at which μP equals 'sp' (the width you tuned at)
+    mup_base_head_dim: Optional[int] = None  # 'mup': head_dim of that base model; None -> head_dim * mup_base_dim / dim
 
     def __post_init__(self):
         for name in ("dim", "num_layers", "num_q_heads", "num_kv_heads", "max_seq_len", "mlp_multiple_of"):
@@ -140,6 +145,9 @@ class ModelConfig(_Validated):
         self._int("head_dim", optional=True)
         self._int("vocab_len", minimum=2, optional=True)
         self._int("sliding_window", optional=True)
+        self._int("mup_base_dim")
+        self._int("mup_base_head_dim", optional=True)
+        self._choice("parametrization", PARAMETRIZATIONS)
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             self._fail("tokenizer", "must be the name of a folder in tokenizers/, e.g. 'bpe_tinyStories' or 'byte'")
         self._choice("pos_enc_type", POS_ENC_TYPES)
@@ -170,6 +178,9 @@ class ModelConfig(_Validated):
             self._fail("dim", "Sinusoidal positions need an even dim")
         if self.norm_bias and not self.norm_affine:
             self._fail("norm_bias", "a norm bias needs norm_affine=True")
+        if self.parametrization == "mup" and self.norm_type == "CosineNorm":
+            self._fail("norm_type", "parametrization='mup' needs 'RMSNorm' or 'LayerNorm' (CosineNorm's "
+                                    "coordinates shrink as 1/sqrt(dim), see modules/mup.py)")
         width = round(self.mlp_hidden_mult * self.dim * (2 / 3 if self.mlp_gated else 1))
         if width < 1:
             self._fail("mlp_hidden_mult", f"gives the MLP zero width with dim={self.dim}: it needs "

@@ -37,7 +37,9 @@ USAGE = """usage: python model_comparison.py RUN [RUN ...] --out=DIR [--key=valu
 Compare trained runs (names in trained/ or run folder paths): writes loss curves against step, training
 tokens, wall time and FLOPs (loss_vs_*.png), top-k accuracy (topk_accuracy.png) and a table (summary.csv,
 summary.md) with bits per byte, top-k accuracy, losses, speed and the config fields that differ.
-`--key value` works as well as `--key=value`."""
+`--key value` works as well as `--key=value`.
+
+       python model_comparison.py --sweep=NAME     a sweep's report (see sweep.py): means over seeds, p-values"""
 
 
 @dataclass
@@ -108,12 +110,16 @@ def _save(fig, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("--sweep=") for a in argv):  # a sweep's report (see sweep.py)
+        from experiments.report import main as sweep_report
+        return sweep_report(argv)
     import matplotlib
     matplotlib.use("Agg")  # files only: works without a display
     from training.checkpoint import write_text
 
     try:
-        parsed = parse_args(sys.argv[1:] if argv is None else argv)
+        parsed = parse_args(argv)
         if parsed is None:
             return 0
         options, names = parsed

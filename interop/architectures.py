@@ -17,6 +17,10 @@ _NO_EQUIVALENT = [
     ("sliding_window", lambda c: c.sliding_window is not None, "sliding-window attention"),
     ("second_resid_norm", lambda c: c.second_resid_norm, "sandwich norms"),
     ("scale_first_resid", lambda c: c.scale_first_resid, "embeddings scaled by sqrt(dim)"),
+    # μP away from its base width multiplies logits and attention scores (modules/mup.py); at it, it is 'sp'
+    ("parametrization", lambda c: c.parametrization == "mup" and (
+        c.dim != c.mup_base_dim or c.mup_base_head_dim not in (None, c.head_dim)), "μP's logit and attention "
+     "multipliers, at a width other than mup_base_dim"),
 ]
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import ModelConfig
+from modules import mup
 from modules.kv_cache import KVCache
 from modules.logging import LoggingModule, log_io
 from modules.norm import Norm
@@ -41,6 +42,7 @@ class SelfAttention(LoggingModule):
         super().__init__()
         self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
         self.dropout = cfg.dropout_attn
+        self.scale = mup.attention_scale(cfg)  # None: 1/sqrt(head_dim); μP: sqrt(base head_dim)/head_dim
         q_size, kv_size = cfg.num_q_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.split_sizes = (q_size, kv_size, kv_size)
         self.qkv = nn.Linear(cfg.dim, q_size + 2 * kv_size, bias=cfg.linear_bias)  # one matmul for q, k, v
@@ -71,6 +73,6 @@ class SelfAttention(LoggingModule):
             k, v = k.to(q.dtype), v.to(q.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,  # one query sees every key it is given
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
             enable_gqa=self.num_kv_heads != self.num_q_heads)  # GQA: kv heads are shared, not copied
         return self.out(y.transpose(1, 2).reshape(B, T, -1))

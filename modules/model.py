@@ -13,6 +13,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from config import ModelConfig
+from modules import mup
 from modules.attention import attention_mask
 from modules.kv_cache import KVCache
 from modules.layer import Layer
@@ -41,6 +42,7 @@ class Model(LoggingModule):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
+        self.logit_multiplier = mup.output_multiplier(cfg)  # μP: 1/m (tied or not); exactly 1.0 under SP
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
         if cfg.out_weight_share:
@@ -48,9 +50,12 @@ class Model(LoggingModule):
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init: N(0, 0.02); projections into the residual stream get 0.02/sqrt(2*layers)
-        so the stream's variance doesn't grow with depth."""
+        so the stream's variance doesn't grow with depth. μP: hidden matrices (every Linear but the output head)
+        get std * sqrt(mup_base_dim / dim) (modules/mup.py); embeddings and the head keep std."""
         std = self.cfg.init_std
         if isinstance(module, nn.Linear):
+            if module is not self.lm_head:
+                std = mup.hidden_init_std(std, self.cfg)
             if getattr(module, "is_residual_projection", False):
                 std = std / math.sqrt(2 * self.cfg.num_layers)
             nn.init.normal_(module.weight, mean=0.0, std=std)
@@ -77,15 +82,15 @@ class Model(LoggingModule):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
         if cache is not None and doc_ids is not None:
             raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
-        if cache is not None and start + T > cache.max_len:  # before the mask slices cache.key_valid
-            raise ValueError(f"KV cache holds {cache.max_len} positions; {start + T} were asked for")
+        if cache is not None and start + T > cache.max_positions:  # before the mask slices cache.key_valid
+            raise ValueError(f"KV cache holds {cache.max_positions} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
 
         x = self.token_embedding(input_ids)
         if cfg.scale_first_resid:
-            x = x * math.sqrt(cfg.dim)
+            x = x * mup.embedding_multiplier(cfg)  # sqrt(dim); μP: sqrt(mup_base_dim)
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions)
         x = self.embed_dropout(x)
@@ -112,6 +117,8 @@ class Model(LoggingModule):
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)
+        if self.logit_multiplier != 1.0:  # μP's output multiplier, modules/mup.py
+            logits = logits * self.logit_multiplier
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         loss = None
@@ -119,11 +126,12 @@ class Model(LoggingModule):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for generation (dtype: that of k/v, e.g. bfloat16 under autocast)."""
+    def new_cache(self, batch_size: int, max_positions: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache of max_positions slots (default: the context) for generation (dtype: that of
+        k/v, e.g. bfloat16 under autocast)."""
         cfg = self.cfg
         param = self.lm_head.weight
-        return KVCache(cfg.num_layers, batch_size, max_len or cfg.max_seq_len, cfg.num_kv_heads, cfg.head_dim,
+        return KVCache(cfg.num_layers, batch_size, max_positions or cfg.max_seq_len, cfg.num_kv_heads, cfg.head_dim,
                        device=param.device, dtype=dtype or param.dtype)
 
     def get_num_params(self, non_embedding: bool = False) -> int:

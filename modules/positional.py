@@ -27,9 +27,13 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     (https://arxiv.org/abs/2104.09864). A pair is a complex number and the rotation one complex multiply:
     on CPU about 15x faster (forward and backward) than rotating two halves with real multiplies and cat.
     """
-    if rotation.dim() == 3:
+    if rotation.dim() == (3 if rotation.is_complex() else 4):
         rotation = rotation.unsqueeze(1)  # broadcast over heads
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no complex bf16 multiply
+    if not rotation.is_complex():  # (cos, sin) pairs from RotaryEmbedding under torch.compile: same math in reals
+        x0, x1 = work.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = rotation.unbind(-1)
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
     pairs = torch.view_as_complex(work.reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).type_as(x)
 
@@ -46,7 +50,10 @@ class RotaryEmbedding(LoggingModule):
 
     @log_io
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return torch.complex(self.cos[positions].float(), self.sin[positions].float())
+        cos, sin = self.cos[positions].float(), self.sin[positions].float()
+        if torch.compiler.is_compiling():  # torch.compile makes no kernels for complex numbers
+            return torch.stack((cos, sin), dim=-1)
+        return torch.complex(cos, sin)
 
 
 class SinusoidalEmbedding(LoggingModule):

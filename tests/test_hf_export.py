@@ -82,9 +82,11 @@ def test_other_tokenizers_give_our_ids(name, vocab_len, tmp_path):
 @pytest.mark.parametrize("option,value", [("norm_type", "CosineNorm"), ("pos_enc_type", "Sinusoidal"),
                                           ("qk_norm", True), ("logit_softcap", 30.0), ("sliding_window", 8),
                                           ("second_resid_norm", True), ("scale_first_resid", True),
-                                          ("mlp_gated", False), ("norm_type", "LayerNorm")])
+                                          ("mlp_gated", False), ("norm_type", "LayerNorm"),
+                                          ("parametrization", "mup")])
 def test_options_without_an_equivalent_are_refused_by_name(option, value):
-    cfg = ModelConfig(**{"norm_type": "RMSNorm", "mlp_gated": True, "mlp_nonlinearity": "SiLU", option: value})
+    cfg = ModelConfig(**{"norm_type": "RMSNorm", "mlp_gated": True, "mlp_nonlinearity": "SiLU", "mup_base_dim": 64,
+                         option: value})
     with pytest.raises(ValueError, match=rf"{option}={value!r}") as info:
         for_export(cfg)
     assert "\n" not in str(info.value)
@@ -96,6 +98,8 @@ def test_gpt2_style_options_without_an_equivalent(tmp_path):
         for_export(ModelConfig(**gpt2, num_kv_heads=2))
     with pytest.raises(ValueError, match="mlp_gated=True"):
         for_export(ModelConfig(**gpt2 | {"mlp_gated": True}))
+    # μP at its base width is the standard model, so it exports
+    assert for_export(ModelConfig(parametrization="mup", mup_base_dim=128, dim=128, mlp_gated=True)).MODEL_TYPE == "llama"
     # no biases and no norm scale: exported as zeros and ones, the same function
     assert for_export(ModelConfig(**gpt2, linear_bias=False, norm_bias=False, norm_affine=False)).MODEL_TYPE == "gpt2"
 

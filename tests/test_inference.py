@@ -1,4 +1,5 @@
-"""Generation: the KV cache, left padding and batching never change greedy output; stopping rules; the CLI."""
+"""Generation: the KV cache, left padding, batching and the compiled decode step never change greedy output;
+stopping rules; the KV cache's own methods; the CLI."""
 import contextlib
 import dataclasses
 import io
@@ -13,11 +14,22 @@ import torch
 import inference
 import tools
 from config import ModelConfig, TrainConfig
-from inference import generate, generate_ids
+import generation.decode_step as decode_step_module
+from generation import GenerationConfig, SamplingConfig, generate, generate_ids
+from generation.decode_step import COMPILE_AFTER_STEPS, should_compile
+from modules.kv_cache import KVCache
 from modules.model import Model
 from training.checkpoint import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
+GREEDY = SamplingConfig(temperature=0)
+
+
+def gen(model, rows, max_new_tokens, sampling=GREEDY, eos_id=None, **options):
+    """generate_ids with the options as keywords (compile off unless asked: compiling takes seconds)."""
+    options = dict(compile="off") | options
+    return generate_ids(model, rows, sampling, GenerationConfig(max_new_tokens=max_new_tokens, **options),
+                        eos_id=eos_id)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,86 +89,127 @@ VARIANTS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_compile_choice(monkeypatch):
+    """compile="auto" remembers, per process, what it ran and compiled: each test starts from nothing."""
+    monkeypatch.setattr(decode_step_module, "_eager_steps", {})
+    monkeypatch.setattr(decode_step_module, "_compiled_shapes", set())
+
+
+@pytest.fixture
+def eager_fixed_slots(monkeypatch):
+    """compile="on" runs the fixed-slot decode step without compiling it: its math, tested cheaply."""
+    monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
+
+
 @pytest.mark.parametrize("pos_enc_type", ["RoPE", "learnable", "Sinusoidal"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_greedy_cache_padding_and_batching_change_nothing(pos_enc_type, variant):
+def test_greedy_cache_padding_and_batching_change_nothing(pos_enc_type, variant, eager_fixed_slots):
     model = tiny_model(pos_enc_type=pos_enc_type, **VARIANTS[variant])
-    # max_len beyond the context: every row runs until its own context is full
+    # max_new_tokens beyond the context: every row runs until its own context is full
     with torch.inference_mode():
         expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
     assert [len(e) for e in expected] == [32 - len(p) for p in PROMPTS]
-    assert generate_ids(model, PROMPTS, max_len=40, temp=0, use_cache=True) == expected
-    assert generate_ids(model, PROMPTS, max_len=40, temp=0, use_cache=False) == expected
+    assert gen(model, PROMPTS, 40, use_cache=True) == expected
+    assert gen(model, PROMPTS, 40, use_cache=False) == expected
+    assert gen(model, PROMPTS, 40, compile="on") == expected  # the fixed-slot step (eager here)
     for p, e in zip(PROMPTS, expected):  # each prompt alone
-        assert generate_ids(model, [p], max_len=40, temp=0) == [e]
+        assert gen(model, [p], 40) == [e]
+
+
+def test_compiled_decode_step_gives_the_eager_tokens():
+    """The real torch.compile of the fixed-slot step (compiled once: seconds), on padded rows, with eos.
+    (Sampling runs the same step; the eager fixed-slot tests cover it.)"""
+    model = tiny_model(num_kv_heads=2)
+    with torch.inference_mode():
+        expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
+    assert gen(model, PROMPTS, 40, compile="on") == expected == gen(model, PROMPTS, 40, use_cache=False)
+    eos = expected[0][3]
+    assert gen(model, PROMPTS, 40, compile="on", eos_id=eos) == gen(model, PROMPTS, 40, eos_id=eos)
+
+
+def test_when_auto_compiles():
+    decode_step_module._compiled_shapes.add((4, 128))
+    cpu = torch.device("cpu")
+    # ski rental: eager until this shape has run COMPILE_AFTER_STEPS steps eagerly, then compiled
+    steps = COMPILE_AFTER_STEPS // 3 + 1
+    assert [should_compile("auto", 1, 64, steps, cpu) for _ in range(4)] == [False, False, False, True]
+    assert not should_compile("auto", 2, 64, steps, cpu)  # another shape counts on its own
+    assert should_compile("auto", 4, 128, 1, cpu)  # already compiled in this process: free to use
+    assert should_compile("on", 1, 64, 1, cpu) and not should_compile("off", 4, 128, 10 ** 6, cpu)
+    assert not should_compile("auto", 1, 64, 10 ** 6, torch.device("mps"))
 
 
 def test_outputs_are_not_degenerate():
     # guards the test above: differently prompted rows should not all produce one repeated token
     model = tiny_model()
-    out = generate_ids(model, PROMPTS, max_len=10, temp=0)
+    out = gen(model, PROMPTS, 10)
     assert len({tuple(o) for o in out}) > 1 and any(len(set(o)) > 1 for o in out)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_a_row_stops_at_eos_and_the_others_go_on(use_cache):
+@pytest.mark.parametrize("path", ["cache", "no_cache", "fixed_slots"])
+def test_a_row_stops_at_eos_and_the_others_go_on(path, eager_fixed_slots):
     model = tiny_model()
-    free = generate_ids(model, PROMPTS, max_len=12, temp=0)
+    free = gen(model, PROMPTS, 12)
     # call a token that row 0 first produces at step >= 2, and some other full-length row never produces, eos
     eos = next(t for k, t in enumerate(free[0]) if k >= 2 and t not in free[0][:k]
                and any(t not in o for o in free[1:] if len(o) == 12))
-    out = generate_ids(model, PROMPTS, max_len=12, temp=0, eos_id=eos, use_cache=use_cache)
+    options = dict(cache={}, no_cache=dict(use_cache=False), fixed_slots=dict(compile="on"))[path]
+    out = gen(model, PROMPTS, 12, eos_id=eos, **options)
     # each row is cut just before its first eos (eos itself is not output); rows without one run on
     assert out == [o[:o.index(eos)] if eos in o else o for o in free]
     assert len(out[0]) >= 2 and any(len(o) == 12 for o in out[1:])
 
 
-def test_max_len_counts_new_tokens():
+def test_max_new_tokens_counts_new_tokens():
     model = tiny_model()
-    assert [len(o) for o in generate_ids(model, PROMPTS, max_len=3, temp=0)] == [3, 3, 3, 3]
-    assert [len(o) for o in generate_ids(model, PROMPTS, max_len=1, temp=0)] == [1, 1, 1, 1]
+    assert [len(o) for o in gen(model, PROMPTS, 3)] == [3, 3, 3, 3]
+    assert [len(o) for o in gen(model, PROMPTS, 1)] == [1, 1, 1, 1]
 
 
 def test_context_limit():
     model = tiny_model()
     full = [60] + [1] * 30  # 31 tokens: room for exactly one more in the 32-token context
-    assert [len(o) for o in generate_ids(model, [full, [60]], max_len=100, temp=0)] == [1, 31]
+    assert [len(o) for o in gen(model, [full, [60]], 100)] == [1, 31]
     with pytest.raises(ValueError, match="context is 32"):
-        generate_ids(model, [[60] + [1] * 31], max_len=5)
+        gen(model, [[60] + [1] * 31], 5)
     with pytest.raises(ValueError, match="vocab_len is 64"):
-        generate_ids(model, [[60, 64]], max_len=5)
+        gen(model, [[60, 64]], 5)
 
 
-def test_sampling_is_seeded_and_batched_rows_differ():
+def test_sampling_is_seeded_and_batched_rows_differ(eager_fixed_slots):
     model = tiny_model()
     rows = [[60, 1, 2]] * 4
-    a = generate_ids(model, rows, max_len=8, temp=1.5, seed=3)
-    assert a == generate_ids(model, rows, max_len=8, temp=1.5, seed=3)
-    assert a != generate_ids(model, rows, max_len=8, temp=1.5, seed=4)
+    a = gen(model, rows, 8, SamplingConfig(temperature=1.5, seed=3))
+    assert a == gen(model, rows, 8, SamplingConfig(temperature=1.5, seed=3))
+    assert a != gen(model, rows, 8, SamplingConfig(temperature=1.5, seed=4))
     assert len({tuple(r) for r in a}) > 1  # same prompt, independent samples
     # sampling with and without the cache is the same computation, so the same seed gives the same tokens
-    assert a == generate_ids(model, rows, max_len=8, temp=1.5, seed=3, use_cache=False)
+    assert a == gen(model, rows, 8, SamplingConfig(temperature=1.5, seed=3), use_cache=False)
+    assert a == gen(model, rows, 8, SamplingConfig(temperature=1.5, seed=3), compile="on")
 
 
 def test_generate_text_prepends_bos_and_repeats_samples():
     tok = CharTokenizer()
     model = tiny_model(vocab_len=tok.vocab_len)
     prompts = ["once upon", "a dog"]
-    texts = generate(model, tok, prompts, max_len=6, temp=0)
-    ids = generate_ids(model, [[tok.bos_id] + tok.encode(p) for p in prompts], max_len=6, temp=0,
-                       eos_id=tok.eos_id)
+    six = GenerationConfig(max_new_tokens=6)
+    texts = generate(model, tok, prompts, GREEDY, six)
+    ids = gen(model, [[tok.bos_id] + tok.encode(p) for p in prompts], 6, eos_id=tok.eos_id)
     assert texts == [tok.decode(i) for i in ids]
-    assert generate(model, tok, "a dog", max_len=6, temp=0) == texts[1:]  # a single string works too
-    samples = generate(model, tok, prompts, max_len=6, temp=0, num_samples=3)
+    assert generate(model, tok, "a dog", GREEDY, six) == texts[1:]  # a single string works too
+    samples = generate(model, tok, prompts, GREEDY, GenerationConfig(max_new_tokens=6, num_samples=3))
     assert samples == [texts[0]] * 3 + [texts[1]] * 3  # grouped by prompt
-    assert len(generate(model, tok, prompts, max_len=6, temp=1.0, num_samples=2, seed=0)) == 4
+    assert len(generate(model, tok, prompts, SamplingConfig(temperature=1.0, seed=0),
+                        GenerationConfig(max_new_tokens=6, num_samples=2))) == 4
+    assert len(generate(model, tok, prompts)) == 2  # the defaults
 
 
 def test_model_mode_is_restored_and_dropout_is_off():
     model = tiny_model(dropout_attn=0.5, dropout_resid=0.5).train()
-    a = generate_ids(model, PROMPTS, max_len=5, temp=0)
+    a = gen(model, PROMPTS, 5)
     assert model.training
-    assert a == generate_ids(model.eval(), PROMPTS, max_len=5, temp=0)
+    assert a == gen(model.eval(), PROMPTS, 5)
 
 
 def test_cache_takes_the_autocast_dtype():
@@ -164,24 +217,57 @@ def test_cache_takes_the_autocast_dtype():
     dtypes = []
     new_cache = model.new_cache
     model.new_cache = lambda *a, **kw: dtypes.append(kw.get("dtype")) or new_cache(*a, **kw)
-    generate_ids(model, PROMPTS[:2], max_len=3, temp=0)
+    gen(model, PROMPTS[:2], 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = generate_ids(model, PROMPTS[:2], max_len=3, temp=0)
+        out = gen(model, PROMPTS[:2], 3)
     assert dtypes[0] == torch.float32 and dtypes[-1] == torch.bfloat16
     assert [len(o) for o in out] == [3, 3]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_len=0), "max_len"), (dict(temp=-1), "temp"), (dict(top_p=2), "top_p"), (dict(top_k=0), "top_k"),
-    (dict(min_p=1.5), "min_p"), (dict(num_samples=0), "num_samples"), (dict(prompts=[]), "prompts"),
-    (dict(prompts=[3]), "prompts"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens"),
+    (lambda: GenerationConfig(num_samples=0), "num_samples"),
+    (lambda: GenerationConfig(compile="always"), "compile='always' is not one of auto, on, off"),
+    (lambda: GenerationConfig(use_cache="yes"), "use_cache"), (lambda: SamplingConfig(temperature=-1), "temperature"),
+    (lambda: SamplingConfig(top_p=2), "top_p"), (lambda: SamplingConfig(top_k=0), "top_k"),
 ])
-def test_generate_rejects_bad_arguments(kwargs, match):
-    tok = CharTokenizer()
-    model = tiny_model(vocab_len=tok.vocab_len)
-    args = dict(prompts=["a"]) | kwargs
+def test_options_reject_bad_values(make, match):
     with pytest.raises(ValueError, match=match):
-        generate(model, tok, **args)
+        make()
+
+
+@pytest.mark.parametrize("prompts", [[], [3], None])
+def test_generate_rejects_bad_prompts(prompts):
+    tok = CharTokenizer()
+    with pytest.raises(ValueError, match="prompts"):
+        generate(tiny_model(vocab_len=tok.vocab_len), tok, prompts)
+
+
+def test_kv_cache_methods():
+    """The cache's own bookkeeping: padding marks, dropping rows and shared padding, fixed-slot writes."""
+    cache = KVCache(num_layers=2, batch_size=3, max_positions=6, num_kv_heads=1, head_dim=2)
+    cache.mark_padding(torch.tensor([[False, False, True], [False, True, True], [True, True, True]]))
+    for layer in range(2):
+        cache.update(layer, *[torch.arange(3.0)[None, None, :, None].expand(3, 1, 3, 2) + 10 * layer] * 2)
+    cache.advance(3)
+    with pytest.raises(ValueError, match="holds 6 positions; 7"):
+        cache.update(0, *[torch.zeros(3, 1, 4, 2)] * 2)
+    cache.keep_rows(torch.tensor([0, 1]), max_positions=4)  # rows 0, 1 share one padding slot: it goes
+    assert cache.batch_size == 2 and cache.length == 2 and cache.max_positions == 4
+    assert cache.key_valid.tolist() == [[False, True, True, True], [True, True, True, True]]
+    assert cache.k[1][:, 0, :2, 0].tolist() == [[11.0, 12.0], [11.0, 12.0]]
+    cache.start_static_writes()
+    mask = cache.static_attention_mask()
+    assert mask.shape == (2, 1, 1, 4) and mask[:, 0, 0].tolist() == [[False, True, True, False],
+                                                                      [True, True, True, False]]
+    assert cache.static_attention_mask(sliding_window=2)[0, 0, 0].tolist() == [False, True, True, False]
+    k, _ = cache.update(0, *[torch.full((2, 1, 1, 2), 7.0)] * 2)
+    assert k.shape == (2, 1, 4, 2) and k[:, 0, 2:, 0].tolist() == [[7.0, 0.0], [7.0, 0.0]]
+    cache.advance(1)
+    cache.stop_static_writes()
+    assert cache.length == 3
+    cache.reset()
+    assert cache.length == 0 and cache.all_valid()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,7 +299,7 @@ def test_cli_prints_each_prompt_with_its_continuation(run_dir):
     assert code == 0, err
     assert "=== prompt 1/2: 'Hello'" in out and "=== prompt 2/2: 'The cat'" in out
     model, tok, _, _ = tools.load_model(run_dir)  # the texts are those of the library call
-    texts = generate(model, tok, ["Hello", "The cat"], max_len=5, temp=0)
+    texts = generate(model, tok, ["Hello", "The cat"], GREEDY, GenerationConfig(max_new_tokens=5))
     assert f"Hello{texts[0]}\n" in out and f"The cat{texts[1]}\n" in out
 
 
@@ -231,18 +317,25 @@ def test_cli_options(run_dir):
 @pytest.mark.parametrize("args, message", [
     (["no_such_model_xyz", "hi"], "no model named 'no_such_model_xyz'"),
     (["{tmp}", "hi"], "not a run folder"),
-    (["{run}", "hi", "--temp=-1"], "temp"),
-    (["{run}", "hi", "--temp=warm"], "--temp='warm' is not a number"),
+    (["{run}", "hi", "--temp=-1"], "temperature=-1.0 must be a number >= 0"),
+    (["{run}", "hi", "--temp=warm"], "--temp='warm' is not a valid float"),
+    (["{run}", "hi", "--temp=1e-45"], "temperature=1e-45 is too small: it makes NaN probabilities"),
+    (["{run}", "hi", "--temperature=1e-45"], "temperature=1e-45 is too small"),
+    (["{run}", "hi", "--temp=1", "--temperature=1"], "--temp and --temperature are the same option"),
     (["{run}", "hi", "--top_p=2"], "top_p"),
     (["{run}", "hi", "--top_k=0"], "top_k"),
     (["{run}", "hi", "--min_p=-1"], "min_p"),
-    (["{run}", "hi", "--max_len=0"], "max_len"),
+    (["{run}", "hi", "--max_len=0"], "max_new_tokens=0 must be an integer >= 1"),
+    (["{run}", "hi", "--max_new_tokens=0"], "max_new_tokens=0"),
+    (["{run}", "hi", "--max_len"], "--max_len='true' is not a valid int"),
     (["{run}", "hi", "--num_samples=0"], "num_samples"),
+    (["{run}", "hi", "--seed=-1"], "seed=-1"),
+    (["{run}", "hi", "--compile=maybe"], "compile='maybe' is not one of auto, on, off"),
     (["{run}", "hi", "--device=tpu"], "--device='tpu'"),
     (["{run}", "hi", "--dtype=float16"], "--dtype='float16'"),
-    (["{run}", "hi", "--tmep=1"], "unknown flag --tmep (did you mean --temp?)"),
-    (["{run}", "hi", "--max_len"], "--max_len needs a value"),
+    (["{run}", "hi", "--tmep=1"], "unknown option --tmep. Did you mean: --temp"),
     (["{run}", ""], "empty prompt"),
+    (["{run}", "ok", "caf\udce9"], "prompt 2 is not valid UTF-8 text (byte e9 at character 3)"),
     (["{run}"], "no prompt given"),
     ([], "give a model"),
     (["{run}", "x" * 47], "prompt 1 is 48 tokens"),
@@ -252,6 +345,23 @@ def test_cli_errors(run_dir, tmp_path, args, message):
     code, out, err = cli(*args)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_help_lists_every_option_with_its_default():
+    code, out, _ = cli("--help")
+    assert code == 0
+    for cls in (SamplingConfig, GenerationConfig, inference.RunOptions):
+        for field in dataclasses.fields(cls):
+            assert f"--{field.name} (" in out and f"default {field.default!r}" in out, field.name
+    assert "--temp = --temperature" in out and "--max_len = --max_new_tokens" in out
+    code, out, _ = cli("--help=top_p")
+    assert code == 0 and "--top_p (float or None, default None)" in out
+
+
+def test_cli_aliases_mean_the_new_options(run_dir):
+    new = cli(run_dir, "Hi", "--temperature=0", "--max_new_tokens=4", "--device=cpu")
+    old = cli(run_dir, "Hi", "--temp=0", "--max_len=4", "--device=cpu")
+    assert new[0] == old[0] == 0 and new[1] == old[1]
 
 
 def broken_run(run_dir: Path, tmp_path: Path, how: str) -> Path:
@@ -287,6 +397,7 @@ def test_cli_in_real_processes(run_dir, tmp_path):
         "corrupt": ([broken_run(run_dir, tmp_path, "corrupt"), "hi"], 2, "corrupt"),
         "flag": ([run_dir, "hi", "--top_p=2"], 2, "top_p"),
         "no_prompt": ([run_dir], 2, "no prompt given"),
+        "bad_utf8": ([run_dir, b"caf\xe9".decode("utf-8", "surrogateescape")], 2, "prompt 1 is not valid UTF-8"),
     }
     procs = {name: subprocess.Popen([sys.executable, "inference.py", *map(str, args)], cwd=ROOT, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -298,3 +409,34 @@ def test_cli_in_real_processes(run_dir, tmp_path):
         assert message in err and "Traceback" not in err, (name, err)
         if name == "ok":
             assert "=== prompt 1/1: 'Once'" in out and "--- continuation:\nOnce" in out
+
+
+def test_benchmark_conversion_to_transformers_gives_the_same_model():
+    """bench/bench_decode_hf.py races transformers with our weights: its converted model must be ours."""
+    pytest.importorskip("transformers")
+    from bench.bench_decode_hf import to_transformers
+    model = tiny_model(num_kv_heads=2, mlp_gated=True, mlp_nonlinearity="SiLU", norm_type="RMSNorm",
+                       out_weight_share=True, theta=500_000.0)
+    hf = to_transformers(model)
+    ids = torch.tensor([[60, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.inference_mode():
+        assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-4)
+        hf_new = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                             min_new_tokens=12, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert hf_new == gen(model, ids.tolist(), 12)[0]
+    with pytest.raises(ValueError, match="qk_norm"):
+        to_transformers(tiny_model(qk_norm=True))
+
+
+@pytest.mark.parametrize("batched_positions", [False, True])
+def test_rope_in_reals_matches_the_complex_rotation(batched_positions):
+    """Under torch.compile RotaryEmbedding hands attention (cos, sin) pairs instead of complex numbers
+    (inductor makes no complex kernels): apply_rope must rotate the same either way."""
+    from modules.positional import RotaryEmbedding, apply_rope
+    rope = RotaryEmbedding(head_dim=16, max_len=32, theta=10_000.0)
+    positions = torch.tensor([[3, 4, 5], [0, 1, 2]]) if batched_positions else torch.arange(3)
+    rotation = rope(positions)
+    x = torch.randn(2, 4, 3, 16)
+    real = torch.stack((rotation.real, rotation.imag), dim=-1)
+    assert torch.allclose(apply_rope(x, real), apply_rope(x, rotation), atol=1e-6)
+    assert torch.allclose(apply_rope(x.bfloat16(), real).float(), apply_rope(x.bfloat16(), rotation).float())

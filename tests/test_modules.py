@@ -438,7 +438,7 @@ def test_kv_cache_left_padded_batch(pos_enc_type):
 def test_kv_cache_overflow_raises():
     model = Model(tiny_cfg()).eval()
     with torch.no_grad():
-        cache = model.new_cache(1, max_len=6)
+        cache = model.new_cache(1, max_positions=6)
         model(torch.randint(0, VOCAB, (1, 5)), cache=cache)
         with pytest.raises(ValueError, match="KV cache holds 6"):
             model(torch.randint(0, VOCAB, (1, 2)), cache=cache)

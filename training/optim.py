@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from config import TrainConfig
+from modules import mup
 
 
 def split_params(model: nn.Module) -> tuple[list, list, list]:
@@ -32,13 +33,17 @@ def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.
 
 def _adamw_only(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
     matrices, embeddings, other = split_params(model)
-    groups = [dict(params=matrices, weight_decay=cfg.weight_decay, base_lr=cfg.lr_max),
+    # μP: hidden matrices get lr / m and decay * m (modules/mup.py); both factors are 1.0 under SP
+    lr_scale, decay_scale = mup.adam_hidden_scales(getattr(model, "cfg", None))
+    groups = [dict(params=matrices, weight_decay=cfg.weight_decay * decay_scale, base_lr=cfg.lr_max * lr_scale,
+                   lr=cfg.lr_max * lr_scale),
               dict(params=embeddings + other, weight_decay=0.0, base_lr=cfg.lr_max)]
     return [_adamw([g for g in groups if g["params"]], cfg, device)]
 
 
 def _muon_and_adamw(model: nn.Module, cfg: TrainConfig, device: torch.device) -> list[torch.optim.Optimizer]:
-    # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/)
+    # Muon orthogonalizes the update of each 2-D hidden matrix (https://kellerjordan.github.io/posts/muon/).
+    # μP needs no lr factor here: the orthogonalized update is width-aware already (modules/mup.py)
     matrices, embeddings, other = split_params(model)
     muon = torch.optim.Muon([dict(params=matrices, base_lr=cfg.muon_lr)], lr=cfg.muon_lr,
                             weight_decay=cfg.weight_decay)

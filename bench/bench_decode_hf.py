@@ -1,0 +1,178 @@
+"""Greedy decoding speed against Hugging Face transformers' `generate`, with the same weights, in one process.
+
+    pip install transformers          # an optional dependency of this benchmark only
+    python bench/bench_decode_hf.py [--model=llama3_atto] [--new_tokens=200] [--batches=1,8] [--rounds=5] [--threads=1]
+
+Our Llama-style run is converted to a transformers LlamaForCausalLM (q/k rows permuted from our interleaved
+RoPE pairs to its rotate-half layout). Before any timing, every variant must produce exactly our eager
+greedy tokens. Variants, timed in alternating blocks (one generation each, every round) so all see the
+same machine load:
+  ours_eager         generate_ids with compile="off" (growing KV cache)
+  ours_compiled      generate_ids with compile="on" (fixed-slot decode step under torch.compile)
+  hf_default         model.generate, its default dynamic cache
+  hf_static_compiled model.generate with cache_implementation="static" and model.forward under torch.compile
+Compile time is paid in the warm-up and not timed (it is reported). Prints JSON lines: the machine, the
+token check, one line per timed generation, and one summary per batch (median tokens/s and ratios).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+from bench.machine import cpu_busy_s, cpu_features, cpu_name  # noqa: E402
+
+
+@dataclass
+class DecodeBenchOptions:
+    # --- benchmark ---
+    model: str = "llama3_atto"  # a Llama-style run in trained/ (RoPE, RMSNorm, SwiGLU, no biases)
+    prompt: str = "Once upon a time"  # the same prompt in every row
+    new_tokens: int = 200  # new tokens per row (eos ignored on both sides)
+    batches: str = "1,8"  # comma-separated batch sizes
+    rounds: int = 5  # timed generations per variant and batch (alternating)
+    threads: int = 1  # torch intra-op threads
+
+
+def to_transformers(model):
+    """Our Llama-style Model as a transformers LlamaForCausalLM with the same weights (float32, eval)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = model.cfg
+    unsupported = dict(pos_enc_type=cfg.pos_enc_type != "RoPE", norm_type=cfg.norm_type != "RMSNorm",
+                       mlp=not (cfg.mlp_gated and cfg.mlp_nonlinearity == "SiLU"), linear_bias=cfg.linear_bias,
+                       norm_bias=cfg.norm_bias, qk_norm=cfg.qk_norm, sliding_window=cfg.sliding_window is not None,
+                       logit_softcap=cfg.logit_softcap is not None, second_resid_norm=cfg.second_resid_norm,
+                       scale_first_resid=cfg.scale_first_resid, norm_affine=not cfg.norm_affine)
+    if any(unsupported.values()):
+        raise ValueError("not a Llama architecture transformers can run as LlamaForCausalLM: "
+                         + ", ".join(k for k, v in unsupported.items() if v))
+    D = cfg.head_dim
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_len, hidden_size=cfg.dim, intermediate_size=cfg.mlp_hidden_dim,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_q_heads,
+                         num_key_value_heads=cfg.num_kv_heads, head_dim=D, max_position_embeddings=cfg.max_seq_len,
+                         rms_norm_eps=cfg.eps, rope_theta=cfg.theta, tie_word_embeddings=cfg.out_weight_share,
+                         attention_bias=False, mlp_bias=False)
+    # ours rotates pairs (x[2i], x[2i+1]); transformers rotates (x[i], x[i + D/2]): reorder each head's rows
+    order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])
+
+    def rotate_half_rows(w, heads):
+        return w.view(heads, D, -1)[:, order].reshape(heads * D, -1)
+
+    weights = {"model.embed_tokens.weight": model.token_embedding.weight, "model.norm.weight": model.final_norm.weight,
+               "lm_head.weight": model.lm_head.weight}
+    for i, layer in enumerate(model.layers):
+        q, k, v = layer.attn.qkv.weight.split(layer.attn.split_sizes)
+        gate, up = layer.mlp.up.weight.chunk(2)  # our MLP computes act(gate) * value from one matmul
+        weights |= {f"model.layers.{i}.{name}": w for name, w in {
+            "self_attn.q_proj.weight": rotate_half_rows(q, cfg.num_q_heads),
+            "self_attn.k_proj.weight": rotate_half_rows(k, cfg.num_kv_heads),
+            "self_attn.v_proj.weight": v, "self_attn.o_proj.weight": layer.attn.out.weight,
+            "mlp.gate_proj.weight": gate, "mlp.up_proj.weight": up, "mlp.down_proj.weight": layer.mlp.down.weight,
+            "input_layernorm.weight": layer.attn_norm.weight,
+            "post_attention_layernorm.weight": layer.mlp_norm.weight}.items()}
+    hf = LlamaForCausalLM(hf_cfg)
+    hf.load_state_dict({k: w.detach().clone() for k, w in weights.items()}, strict=True)
+    return hf.eval()
+
+
+def variants(model, new_tokens: int):
+    """name -> function(rows) returning the new token ids of each row."""
+    from generation import GenerationConfig, SamplingConfig, generate_ids
+    greedy = SamplingConfig(temperature=0)
+
+    def ours(compile_mode):
+        options = GenerationConfig(max_new_tokens=new_tokens, compile=compile_mode)
+        return lambda rows: generate_ids(model, rows, greedy, options)
+
+    def theirs(hf, **kwargs):
+        @torch.inference_mode()
+        def run(rows):
+            ids = torch.tensor(rows)
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, pad_token_id=0, **kwargs)
+            return out[:, ids.shape[1]:].tolist()
+        return run
+
+    hf_static = to_transformers(model)  # a second copy: only this one's forward is compiled
+    hf_static.forward = torch.compile(hf_static.forward)  # transformers' recipe for a static cache
+    return {"ours_eager": ours("off"), "ours_compiled": ours("on"), "hf_default": theirs(to_transformers(model)),
+            "hf_static_compiled": theirs(hf_static, cache_implementation="static")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cli import build, print_help_if_asked, reject_unknown, split_args
+    overrides, _ = split_args(sys.argv[1:] if argv is None else argv)
+    if print_help_if_asked(overrides, usage=__doc__, sections=[("Options", DecodeBenchOptions)]):
+        return 0
+    try:
+        import transformers
+    except ImportError:
+        print("bench_decode_hf.py: error: transformers is not installed: pip install transformers", file=sys.stderr)
+        return 2
+    import tools
+    opts = build(DecodeBenchOptions, overrides)
+    reject_unknown(overrides, DecodeBenchOptions)
+    torch.set_num_threads(opts.threads)
+    model, tok, _, _ = tools.load_model(opts.model, "cpu")
+    prompt = [tok.bos_id] + tok.encode(opts.prompt)
+    batches = [int(b) for b in opts.batches.split(",")]
+    print(json.dumps(dict(bench="decode_hf", cpu=cpu_name(), cpu_flags=cpu_features(), cpus=os.cpu_count(),
+                          threads=opts.threads, torch=torch.__version__, transformers=transformers.__version__,
+                          model=opts.model, new_tokens=opts.new_tokens, load_avg_1min=round(os.getloadavg()[0], 2))),
+          flush=True)
+    return run(model, prompt, batches, opts)
+
+
+def run(model, prompt, batches, opts) -> int:
+    runners = variants(model, opts.new_tokens)
+    for batch in batches:
+        rows = [prompt] * batch
+        expected = None
+        for name, generate in runners.items():  # warm-up (compiles) and the token check
+            start = time.perf_counter()
+            tokens = generate(rows)
+            warmup_s = time.perf_counter() - start
+            expected = tokens if expected is None else expected
+            same = tokens == expected
+            print(json.dumps(dict(batch=batch, variant=name, warmup_s=round(warmup_s, 2),
+                                  tokens_match_ours_eager=same)), flush=True)
+            if not same:
+                print(f"bench_decode_hf.py: error: {name} tokens differ from ours_eager at batch {batch}",
+                      file=sys.stderr)
+                return 1
+        rates = {name: [] for name in runners}
+        cpu_rates = {name: [] for name in runners}  # per CPU-second of this process: less distorted by load
+        busy_start, load_start, wall_start = cpu_busy_s(), os.getloadavg()[0], time.perf_counter()
+        for r in range(opts.rounds):
+            for name, generate in runners.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                generate(rows)
+                seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+                rates[name].append(batch * opts.new_tokens / seconds)
+                cpu_rates[name].append(batch * opts.new_tokens / cpu_seconds)
+                print(json.dumps(dict(batch=batch, variant=name, round=r, seconds=round(seconds, 4),
+                                      cpu_seconds=round(cpu_seconds, 4),
+                                      tokens_per_s=round(batch * opts.new_tokens / seconds, 1))), flush=True)
+        wall = time.perf_counter() - wall_start
+        median = {name: statistics.median(v) for name, v in rates.items()}
+        best_theirs = max(median["hf_default"], median["hf_static_compiled"])
+        print(json.dumps(dict(
+            batch=batch, summary=True, median_tokens_per_s={k: round(v, 1) for k, v in median.items()},
+            ours_compiled_vs_best_hf=round(median["ours_compiled"] / best_theirs, 2),
+            ours_eager_vs_best_hf=round(median["ours_eager"] / best_theirs, 2),
+            ours_compiled_vs_ours_eager=round(median["ours_compiled"] / median["ours_eager"], 2),
+            median_tokens_per_cpu_s={k: round(statistics.median(v), 1) for k, v in cpu_rates.items()},
+            load_avg_1min_start=round(load_start, 2), load_avg_1min_end=round(os.getloadavg()[0], 2),
+            machine_busy_cpus=round((cpu_busy_s() - busy_start) / wall, 2))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Run many variants x seeds of one training setup, and report whether the gaps are larger than seed noise.
+
+    python sweep.py --name=qk --grid="qk_norm=false,true" --seeds=3 --preset=llama3_atto --max_iters=300
+    python sweep.py --name=act --variant="swiglu:" --variant="gelu:mlp_nonlinearity=GeLU,mlp_gated=false"
+    python sweep.py --name=qk                # continue a recorded sweep (after a crash, Ctrl-C or kill -9)
+    python sweep.py --name=qk --report       # rebuild its report only
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from cli import UsageError, build, print_help_if_asked, split_args
+from experiments.definition import Sweep, saved_mismatches
+from experiments.grid import parse_grid, parse_variant
+from experiments.report import DEFAULT_BPB_TEXTS, write_report
+from experiments.runner import run_all, run_state, slots, trained_dir
+
+USAGE = __doc__.strip() + """
+
+What varies (both may be repeated):
+  --grid=FIELD=V1,V2,...     one swept field; several --grid give their cross product. The first value of each
+                             is the baseline's.
+  --variant=NAME:F=V,F=V     a named variant that may change several fields ('NAME:' alone changes nothing);
+                             the first is the baseline. With --grid: every variant at every grid point.
+What every run shares: --preset=NAME and any --key=value of config.py, as for train.py.
+
+Runs are ordinary run folders, trained/<name>__<variant>__s<seed>: inference.py and model_comparison.py load
+them by name. The sweep's definition, logs and report go to sweeps/<name>/. Re-running the same command
+skips finished runs, resumes interrupted ones exactly, and adds only the runs a changed grid or --seeds asks
+for. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran), 2 bad command line."""
+
+
+@dataclass
+class SweepOptions:
+    # --- the sweep ---
+    name: Optional[str] = None          # the sweep's name (required): runs are trained/NAME__<variant>__s<seed>
+    seeds: str = "3"                    # a count (3 -> seeds 0, 1, 2) or the seeds themselves: 0,4,7
+    # --- how it runs ---
+    parallel: int = 1                   # trainings at once; CPU: the cores are split between them, GPUs: one each
+    threads: int = 0                    # CPU threads per run; 0 = cores // parallel
+    overwrite: bool = False             # retrain every run from scratch (needed when the shared settings changed)
+    dry_run: bool = False               # list the runs and what would happen to each, then stop
+    report: bool = False                # only rebuild the report from the run folders
+    # --- the report ---
+    bpb_texts: int = DEFAULT_BPB_TEXTS  # validation texts for bits per byte (0 skips it)
+    val_data: Optional[str] = None      # where those texts come from; None = data/samples/tinystories/validation.jsonl
+
+    def __post_init__(self):
+        if not self.name:
+            raise UsageError("--name=NAME is required: the sweep's runs are trained/NAME__<variant>__s<seed>")
+        for key, minimum in (("parallel", 1), ("threads", 0), ("bpb_texts", 0)):
+            if getattr(self, key) < minimum:
+                raise UsageError(f"--{key}={getattr(self, key)} is invalid: must be an integer >= {minimum}")
+
+    def seed_list(self) -> list[int]:
+        try:
+            if "," in self.seeds:
+                return [int(s) for s in self.seeds.split(",") if s.strip()]
+            return list(range(int(self.seeds)))
+        except ValueError:
+            raise UsageError(f"--seeds={self.seeds!r} is invalid: a count (3 -> seeds 0, 1, 2) or seeds like "
+                             f"0,4,7") from None
+
+
+def parse_args(argv: list[str]) -> tuple[SweepOptions, Sweep | None] | None:
+    """(options, the sweep to run), the sweep None for `--name` alone (the recorded one); None after --help."""
+    repeated = ("--grid=", "--variant=")  # may be given many times, so they bypass split_args' dict
+    grids = [parse_grid(a.partition("=")[2]) for a in argv if a.startswith("--grid=")]
+    named = [parse_variant(a.partition("=")[2]) for a in argv if a.startswith("--variant=")]
+    overrides, positional = split_args([a for a in argv if not a.startswith(repeated)])
+    if print_help_if_asked(overrides, usage=USAGE, sections=[("Sweep options", SweepOptions)]):
+        return None
+    if positional:
+        raise UsageError(f"unexpected argument(s) {positional}: settings are given as --key=value")
+    seeds_given = "seeds" in overrides
+    options = build(SweepOptions, overrides)  # takes sweep.py's own options; the rest is for every run
+    preset = overrides.pop("preset", None)
+    if not (grids or named or overrides or preset or seeds_given):
+        return options, None
+    return options, Sweep(options.name, preset, overrides, grids, named, options.seed_list())
+
+
+def check_against_saved(sweep: Sweep) -> None:
+    """Refuse to mix runs of different settings under one sweep name (--overwrite skips this)."""
+    if (sweep.folder / "sweep.json").is_file():
+        changed = sweep.differences(Sweep.load(sweep.name))
+        if changed:
+            raise UsageError(f"sweep {sweep.name!r} was run with other shared settings ({'; '.join(changed)}): "
+                             f"its runs would not be comparable. Give --overwrite to retrain every run, "
+                             f"or a new --name")
+    for plan in sweep.runs:
+        wrong = saved_mismatches(trained_dir() / plan.name, plan.expected)
+        if wrong:
+            raise UsageError(f"{trained_dir() / plan.name} exists but is not this sweep's run: it has "
+                             f"{', '.join(wrong[:3])}. Give --overwrite to retrain it, or a new --name")
+
+
+def run(options: SweepOptions, sweep: Sweep) -> list:
+    """Train what is missing (or, with --overwrite, everything) and write the report; returns the failures."""
+    from training.checkpoint import write_json
+    plans = sweep.runs  # builds every run's configs: a bad field or value fails here, before any run
+    if not options.overwrite:
+        check_against_saved(sweep)
+    states = {p.name: run_state(p) for p in plans}
+    if options.overwrite:
+        states = {n: "new" if s == "new" else "restart" for n, s in states.items()}
+    todo = [(p, states[p.name]) for p in plans if states[p.name] != "done"]
+    count = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart", "new")}
+    print(f"sweep {sweep.name}: {len(sweep.variants)} variant(s) x {len(sweep.seeds)} seed(s) = {len(plans)} runs; "
+          f"{count['done']} finished, {count['resume']} to resume, {count['restart'] + count['new']} to start")
+    if options.dry_run:
+        for p in plans:
+            print(f"  {states[p.name]:8s} {p.name}  [{p.variant.describe()}; seed {p.seed}]")
+        return []
+    write_json(sweep.folder / "sweep.json", sweep.to_json())
+    outcomes = []
+    if todo:
+        envs = slots(min(options.parallel, len(todo)), plans[0].device, options.threads or None)
+        outcomes = run_all(todo, sweep.preset, envs, sweep.folder / "logs")
+    write_report(sweep, options.bpb_texts, options.val_data)
+    print((sweep.folder / "summary.md").read_text())
+    return [o for o in outcomes if not o.ok]
+
+
+def main(argv: list[str] | None = None) -> int:
+    name = None
+    try:
+        parsed = parse_args(sys.argv[1:] if argv is None else argv)
+        if parsed is None:
+            return 0
+        options, sweep = parsed
+        name = options.name
+        sweep = sweep or Sweep.load(options.name)
+        if options.report and not options.dry_run:
+            write_report(sweep, options.bpb_texts, options.val_data)
+            print((sweep.folder / "summary.md").read_text())
+            return 0
+        failed = run(options, sweep)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run `python sweep.py --name={name}` to resume", file=sys.stderr)
+        return 130
+    for o in failed:
+        print(f"failed: {o.plan.name}: {o.note} (log: {o.log_path})", file=sys.stderr)
+    if not options.dry_run:
+        print(f"report: {sweep.folder / 'summary.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
