@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Optional
 
-# Allowed values. Adding a nonlinearity from torch.nn.functional is one line: its name here
-# (modules/mlp.py looks it up as F.<name.lower()>, e.g. "Mish" -> F.mish).
+# Allowed values. Each model-side name also needs its code: a table in modules/ (NORMS in norm.py, ACTIVATIONS
+# in mlp.py, POSITION_ENCODINGS in positional.py) and a written-out twin in modules/reference.py; a name
+# listed here without them stops the model build with one line (README "Trying your own idea").
 POS_ENC_TYPES = ("RoPE", "learnable", "Sinusoidal")
 MLP_NONLINEARITIES = ("GeLU", "SiLU", "ReLU", "GeLU_tanh")  # GeLU_tanh: GPT-2's own tanh approximation
 NORM_TYPES = ("RMSNorm", "LayerNorm", "CosineNorm")
@@ -34,6 +35,9 @@ MAX_MLP_WIDTH_MULT = 64          # mlp_hidden_mult above this is a typo, not an 
 
 # Fields that were renamed: old name -> new name. Saved runs and old command lines keep working.
 RENAMED_FIELDS: dict[str, str] = {
+    "out_weight_share": "tie_embeddings",        # the usual name for one matrix as input embedding and output head
+    "second_resid_norm": "post_sublayer_norm",   # Gemma-2's "sandwich" norm after each sublayer
+    "scale_first_resid": "scale_embeddings",     # it multiplies the token embeddings by sqrt(dim)
     "eval_samples": "eval_batches",  # it always counted batches
 }
 
@@ -119,11 +123,11 @@ class ModelConfig(_Validated):
     norm_affine: bool = True            # learnable scale in each norm
     norm_bias: bool = False             # learnable bias in each norm (needs norm_affine)
     eps: float = 1e-6                   # added inside the norm's square root
-    second_resid_norm: bool = False     # also normalize each sublayer's output before adding it (Gemma-2 style)
-    scale_first_resid: bool = False     # multiply embeddings by sqrt(dim) before the first block (Gemma style)
+    post_sublayer_norm: bool = False    # also normalize each sublayer's output before adding it (Gemma-2 sandwich)
+    scale_embeddings: bool = False      # multiply the token embeddings by sqrt(dim) (Gemma style)
     # --- linear layers and output ---
     linear_bias: bool = False           # biases in every Linear layer
-    out_weight_share: bool = True       # tie the output projection to the token embedding
+    tie_embeddings: bool = True         # the output head reuses the token embedding matrix (tied embeddings)
     logit_softcap: Optional[float] = None  # final logits -> cap * tanh(logits / cap) (Gemma-2); None = off
     # --- attention ---
     qk_norm: bool = False               # RMS-normalize queries and keys per head before attention
@@ -160,8 +164,8 @@ class ModelConfig(_Validated):
         self._float("logit_softcap", lo=0, lo_open=True, optional=True)
         for name in ("dropout_embed", "dropout_attn", "dropout_resid"):
             self._float(name, hi=0.999)
-        for name in ("mlp_gated", "norm_affine", "norm_bias", "second_resid_norm", "scale_first_resid",
-                     "linear_bias", "out_weight_share", "qk_norm"):
+        for name in ("mlp_gated", "norm_affine", "norm_bias", "post_sublayer_norm", "scale_embeddings",
+                     "linear_bias", "tie_embeddings", "qk_norm"):
             self._bool(name)
         # cross-field rules
         if self.head_dim is None:

@@ -48,8 +48,8 @@ def to_transformers(model):
     unsupported = dict(pos_enc_type=cfg.pos_enc_type != "RoPE", norm_type=cfg.norm_type != "RMSNorm",
                        mlp=not (cfg.mlp_gated and cfg.mlp_nonlinearity == "SiLU"), linear_bias=cfg.linear_bias,
                        norm_bias=cfg.norm_bias, qk_norm=cfg.qk_norm, sliding_window=cfg.sliding_window is not None,
-                       logit_softcap=cfg.logit_softcap is not None, second_resid_norm=cfg.second_resid_norm,
-                       scale_first_resid=cfg.scale_first_resid, norm_affine=not cfg.norm_affine)
+                       logit_softcap=cfg.logit_softcap is not None, post_sublayer_norm=cfg.post_sublayer_norm,
+                       scale_embeddings=cfg.scale_embeddings, norm_affine=not cfg.norm_affine)
     if any(unsupported.values()):
         raise ValueError("not a Llama architecture transformers can run as LlamaForCausalLM: "
                          + ", ".join(k for k, v in unsupported.items() if v))
@@ -57,7 +57,7 @@ def to_transformers(model):
     hf_cfg = LlamaConfig(vocab_size=cfg.vocab_len, hidden_size=cfg.dim, intermediate_size=cfg.mlp_hidden_dim,
                          num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_q_heads,
                          num_key_value_heads=cfg.num_kv_heads, head_dim=D, max_position_embeddings=cfg.max_seq_len,
-                         rms_norm_eps=cfg.eps, rope_theta=cfg.theta, tie_word_embeddings=cfg.out_weight_share,
+                         rms_norm_eps=cfg.eps, rope_theta=cfg.theta, tie_word_embeddings=cfg.tie_embeddings,
                          attention_bias=False, mlp_bias=False)
     # ours rotates pairs (x[2i], x[2i+1]); transformers rotates (x[i], x[i + D/2]): reorder each head's rows
     order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])

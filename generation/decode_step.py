@@ -19,11 +19,11 @@ A shape already compiled in this process is always used.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from generation.sampling import SamplingConfig, sample
+from modules.attention import AttentionInputs
 
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_AFTER_STEPS = 20_000  # eager decode steps of one shape after which "auto" compiles (the break-even)
@@ -39,22 +39,15 @@ def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache, gre
     writes: the same layers and the same math, only the attention mask comes from the cache. Moves the
     cache's slot and `positions` (in place, stopping at the last position of the context) on by one.
     -> the greedy next tokens (B,) if greedy, else the logits (B, vocab)."""
-    cfg = model.cfg
-    x = model.token_embedding(tokens)
-    if cfg.scale_first_resid:
-        x = x * math.sqrt(cfg.dim)
-    if model.pos_embedding is not None:
-        x = x + model.pos_embedding(positions)
+    x = model.embed(tokens, positions)
     rope = model.rope(positions) if model.rope is not None else None
-    mask = cache.static_attention_mask(cfg.sliding_window)
-    for i, layer in enumerate(model.layers):
-        x = layer(x, rope, mask, cache, i)
-    cache.advance(1)
+    attn_inputs = AttentionInputs(positions[0], rope, cache=cache)  # fixed-slot writes: the cache's mask
+    for layer in model.layers:
+        x = layer(x, attn_inputs)
+    attn_inputs.advance_cache()
     # a row past its own budget (its context is full) keeps computing at its last position; it is cut later
-    positions.add_(1).clamp_(max=cfg.max_seq_len - 1)
-    logits = model.lm_head(model.final_norm(x[:, -1]))
-    if cfg.logit_softcap is not None:
-        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    positions.add_(1).clamp_(max=model.cfg.max_seq_len - 1)
+    logits = model.output_logits(x[:, -1])
     return logits.argmax(dim=-1) if greedy else logits
 
 

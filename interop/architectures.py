@@ -15,8 +15,8 @@ _NO_EQUIVALENT = [
     ("qk_norm", lambda c: c.qk_norm, "normalized queries and keys"),
     ("logit_softcap", lambda c: c.logit_softcap is not None, "soft-capped logits"),
     ("sliding_window", lambda c: c.sliding_window is not None, "sliding-window attention"),
-    ("second_resid_norm", lambda c: c.second_resid_norm, "sandwich norms"),
-    ("scale_first_resid", lambda c: c.scale_first_resid, "embeddings scaled by sqrt(dim)"),
+    ("post_sublayer_norm", lambda c: c.post_sublayer_norm, "sandwich norms"),
+    ("scale_embeddings", lambda c: c.scale_embeddings, "embeddings scaled by sqrt(dim)"),
     # μP away from its base width multiplies logits and attention scores (modules/mup.py); at it, it is 'sp'
     ("parametrization", lambda c: c.parametrization == "mup" and (
         c.dim != c.mup_base_dim or c.mup_base_head_dim not in (None, c.head_dim)), "μP's logit and attention "

@@ -40,7 +40,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "n_positions": cfg.max_seq_len, "n_inner": cfg.mlp_hidden_dim,
         "activation_function": ACTIVATIONS[cfg.mlp_nonlinearity], "layer_norm_epsilon": cfg.eps,
         "embd_pdrop": cfg.dropout_embed, "attn_pdrop": cfg.dropout_attn, "resid_pdrop": cfg.dropout_resid,
-        "tie_word_embeddings": cfg.out_weight_share, "initializer_range": cfg.init_std,
+        "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
     }
 
@@ -62,7 +62,7 @@ def model_fields(hf: dict) -> dict:
         mlp_hidden_mult=(hf.get("n_inner") or 4 * dim) / dim, mlp_nonlinearity=IMPORT_ACTIVATIONS[act],
         mlp_gated=False, mlp_multiple_of=1, norm_type="LayerNorm", norm_affine=True, norm_bias=True,
         eps=hf.get("layer_norm_epsilon", 1e-5), linear_bias=True,
-        out_weight_share=hf.get("tie_word_embeddings", True), dropout_embed=hf.get("embd_pdrop", 0.1),
+        tie_embeddings=hf.get("tie_word_embeddings", True), dropout_embed=hf.get("embd_pdrop", 0.1),
         dropout_attn=hf.get("attn_pdrop", 0.1), dropout_resid=hf.get("resid_pdrop", 0.1),
         init_std=hf.get("initializer_range", 0.02))
 
@@ -82,7 +82,7 @@ def to_hf(cfg: ModelConfig, ours: dict) -> dict:
     """Our state dict -> GPT-2's (tied output weight left out, as transformers saves it)."""
     out = {"transformer.wte.weight": ours["token_embedding.weight"],
            "transformer.wpe.weight": ours["pos_embedding.weight"]}
-    if not cfg.out_weight_share:
+    if not cfg.tie_embeddings:
         out["lm_head.weight"] = ours["lm_head.weight"]
     norms = [("final_norm", "transformer.ln_f")] + [pair for i in range(cfg.num_layers) for pair in _norms(i)]
     for o, h in norms:
@@ -99,7 +99,7 @@ def from_hf(cfg: ModelConfig, hf: dict) -> dict:
     """GPT-2's state dict -> ours (the inverse of to_hf; cfg has linear_bias=norm_bias=True as GPT-2 does)."""
     out = {"token_embedding.weight": hf["transformer.wte.weight"],
            "pos_embedding.weight": hf["transformer.wpe.weight"]}
-    if not cfg.out_weight_share:
+    if not cfg.tie_embeddings:
         out["lm_head.weight"] = hf["lm_head.weight"]
     for o, h in [("final_norm", "transformer.ln_f")] + [p for i in range(cfg.num_layers) for p in _norms(i)]:
         out[o + ".weight"], out[o + ".bias"] = hf[h + ".weight"], hf[h + ".bias"]

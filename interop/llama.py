@@ -46,7 +46,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.max_seq_len, "hidden_act": ACTIVATIONS[cfg.mlp_nonlinearity],
         "rms_norm_eps": cfg.eps, "attention_bias": cfg.linear_bias, "mlp_bias": cfg.linear_bias,
-        "attention_dropout": cfg.dropout_attn, "tie_word_embeddings": cfg.out_weight_share,
+        "attention_dropout": cfg.dropout_attn, "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
         # transformers 5 reads rope_parameters, 4.x rope_theta
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.theta}, "rope_theta": cfg.theta,
@@ -75,7 +75,7 @@ def model_fields(hf: dict) -> dict:
         theta=float(theta), mlp_hidden_mult=hidden * 3 / (2 * dim), mlp_nonlinearity=IMPORT_ACTIVATIONS[act],
         mlp_gated=True, mlp_multiple_of=1, norm_type="RMSNorm", norm_affine=True, norm_bias=False,
         eps=hf.get("rms_norm_eps", 1e-6), linear_bias=attention_bias,
-        out_weight_share=hf.get("tie_word_embeddings", False),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
         dropout_attn=hf.get("attention_dropout", 0.0), init_std=hf.get("initializer_range", 0.02))
 
 
@@ -86,7 +86,7 @@ def to_hf(cfg: ModelConfig, ours: dict) -> dict:
     hidden = cfg.mlp_hidden_dim
     out = {"model.embed_tokens.weight": ours["token_embedding.weight"],
            "model.norm.weight": _norm_weight(ours, "final_norm", cfg.dim)}
-    if not cfg.out_weight_share:
+    if not cfg.tie_embeddings:
         out["lm_head.weight"] = ours["lm_head.weight"]
     for i in range(cfg.num_layers):
         o, h = f"layers.{i}.", f"model.layers.{i}."
@@ -110,7 +110,7 @@ def from_hf(cfg: ModelConfig, hf: dict) -> dict:
     q_back = torch.argsort(rope_permutation(cfg.head_dim, cfg.num_q_heads))
     k_back = torch.argsort(rope_permutation(cfg.head_dim, cfg.num_kv_heads))
     out = {"token_embedding.weight": hf["model.embed_tokens.weight"], "final_norm.weight": hf["model.norm.weight"]}
-    if not cfg.out_weight_share:
+    if not cfg.tie_embeddings:
         out["lm_head.weight"] = hf["lm_head.weight"]
     for i in range(cfg.num_layers):
         o, h = f"layers.{i}.", f"model.layers.{i}."

@@ -1,7 +1,19 @@
-"""Causal self-attention: all heads in one scaled_dot_product_attention call (flash / fused kernels).
+"""Causal self-attention: all heads in one scaled_dot_product_attention (SDPA) call (flash / fused kernels).
 
 Variants, all from the config: MHA / GQA / MQA (num_kv_heads), RoPE, qk_norm, sliding window,
-document masking, and a KV cache for generation. To try a new attention idea, edit SelfAttention.forward.
+document masking, and a KV cache for generation. Everything about who attends to whom lives in this file:
+the mask (or SDPA's is_causal shortcut) and the KV cache's writes and reads.
+
+What the SDPA call computes, written out (modules/reference.py `attention` does it in float64; the
+tests compare the two):
+
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)   # (B, heads, T_queries, T_keys)
+    scores = scores.masked_fill(~allowed, float("-inf"))     # allowed: attention_mask() below
+    y = torch.softmax(scores, dim=-1) @ v                    # (B, heads, T_queries, head_dim)
+
+To try an attention idea, edit SelfAttention. Each layer knows its index, so a per-layer variant is a
+local edit in SelfAttention.__init__ (e.g. Gemma-2's sliding window on every other layer:
+`self.sliding_window = cfg.sliding_window if layer_idx % 2 == 0 else None`).
 """
 from __future__ import annotations
 
@@ -13,7 +25,7 @@ from config import ModelConfig
 from modules import mup
 from modules.kv_cache import KVCache
 from modules.logging import LoggingModule, log_io
-from modules.norm import Norm
+from modules.norm import RMSNorm
 from modules.positional import apply_rope
 
 
@@ -37,10 +49,61 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int
     return allowed
 
 
+class AttentionInputs:
+    """What every attention layer of one forward shares: the slots of this call's tokens, the RoPE rotations,
+    document ids and the KV cache. Each layer asks it for the mask that fits its own sliding window
+    (built once per forward and window) and for its keys and values through the cache."""
+
+    def __init__(self, query_slots: torch.Tensor, rope: torch.Tensor | None = None,
+                 doc_ids: torch.Tensor | None = None, cache: KVCache | None = None):
+        """query_slots (T,): positions start..start+T-1 in the sequence (start = what the cache holds)."""
+        self.query_slots, self.rope, self.doc_ids, self.cache = query_slots, rope, doc_ids, cache
+        self.start = cache.length if cache is not None else 0
+        self.end = self.start + len(query_slots)
+        if cache is not None and doc_ids is not None:
+            raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
+        self._masks = {}  # sliding_window -> (mask, is_causal)
+
+    def keys_values(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without a cache, k and v as given. With one, write them after what it holds and return every
+        position's (B, kv_heads, start + T, head_dim): a new token attends to the whole prefix."""
+        if self.cache is None:
+            return k, v
+        all_k, all_v = self.cache.update(layer_idx, k, v)
+        return all_k.to(k.dtype), all_v.to(v.dtype)
+
+    def advance_cache(self) -> None:
+        """Called once every layer has written this call's keys and values."""
+        if self.cache is not None:
+            self.cache.advance(self.end - self.start)
+
+    def mask(self, sliding_window: int | None) -> tuple[torch.Tensor | None, bool]:
+        """(attn_mask, is_causal) for SDPA: a boolean mask, or None and SDPA's built-in causal rule."""
+        if sliding_window not in self._masks:
+            self._masks[sliding_window] = self._build_mask(sliding_window)
+        return self._masks[sliding_window]
+
+    def _build_mask(self, sliding_window: int | None) -> tuple[torch.Tensor | None, bool]:
+        T, cache = self.end - self.start, self.cache
+        if cache is not None and cache.write_slot is not None:  # fixed-slot decode: every slot, unfilled hidden
+            return cache.static_attention_mask(sliding_window), False
+        # No mask at all is SDPA's fastest path. It is exact when nothing but causality restricts attention and
+        # the keys are exactly these T tokens (no cache, or a prefill from slot 0), or when one new token may
+        # see every cached key. Padding in the cache (key_valid) always needs the mask.
+        cache_is_causal = cache is None or ((self.start == 0 or T == 1) and cache.all_valid())
+        if cache_is_causal and self.doc_ids is None and sliding_window is None:
+            return None, T > 1
+        key_slots = torch.arange(self.end, device=self.query_slots.device)
+        key_valid = cache.key_valid[:, :self.end] if cache is not None else None
+        return attention_mask(self.query_slots, key_slots, sliding_window, self.doc_ids, key_valid), False
+
+
 class SelfAttention(LoggingModule):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx  # this layer's slot in the KV cache
         self.num_q_heads, self.num_kv_heads, self.head_dim = cfg.num_q_heads, cfg.num_kv_heads, cfg.head_dim
+        self.sliding_window = cfg.sliding_window  # the same on every layer; see the module docstring
         self.dropout = cfg.dropout_attn
         self.scale = mup.attention_scale(cfg)  # None: 1/sqrt(head_dim); μP: sqrt(base head_dim)/head_dim
         q_size, kv_size = cfg.num_q_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
@@ -49,30 +112,42 @@ class SelfAttention(LoggingModule):
         self.out = nn.Linear(q_size, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_projection = True  # scaled init, see Model._init_weights
         if cfg.qk_norm:  # https://arxiv.org/abs/2302.05442
-            self.q_norm = Norm(cfg.head_dim, "RMSNorm", cfg.eps, affine=cfg.norm_affine)
-            self.k_norm = Norm(cfg.head_dim, "RMSNorm", cfg.eps, affine=cfg.norm_affine)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.eps, affine=cfg.norm_affine)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.eps, affine=cfg.norm_affine)
         else:
             self.q_norm = self.k_norm = None
 
     @log_io
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, cache: KVCache | None = None, layer_idx: int = 0) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). mask None means plain causal attention (the fastest kernel)
-        or, for a single token decoded with a cache, attention to every cached key."""
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim). inputs None: T tokens from slot 0, no RoPE, no cache."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
-        q = q.view(B, T, self.num_q_heads, self.head_dim).transpose(1, 2)   # (B, Hq, T, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if inputs is None:
+            inputs = AttentionInputs(torch.arange(T, device=x.device))
+        q, k, v = self.split_heads(self.qkv(x))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        if cache is not None:
-            k, v = cache.update(layer_idx, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,  # one query sees every key it is given
+        if inputs.rope is not None:
+            q, k = apply_rope(q, inputs.rope), apply_rope(k, inputs.rope)
+        k, v = inputs.keys_values(self.layer_idx, k, v)  # first: the cache refuses an overflow before a mask
+        mask, is_causal = inputs.mask(self.sliding_window)  # would slice its key_valid
+        y = self.attend(q, k, v, mask, is_causal)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side again, then mix them
+
+    @log_io
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, q + 2 kv widths) -> q (B, q_heads, T, head_dim), k and v (B, kv_heads, T, head_dim)."""
+        B, T, _ = qkv.shape
+        q, k, v = qkv.split(self.split_sizes, dim=-1)
+        q = q.view(B, T, self.num_q_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    @log_io
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               is_causal: bool) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim) + mask) v for every head in one fused call -> (B, q_heads, T, head_dim)."""
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale,
             enable_gqa=self.num_kv_heads != self.num_q_heads)  # GQA: kv heads are shared, not copied
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))

@@ -1,6 +1,6 @@
 """LoggingModule and @log_io: switch on logging to print every tensor flowing through the model.
 
-    model.enable_logging()          # every @log_io method prints its inputs and outputs
+    model.enable_logging()          # every @log_io method prints its inputs (by name) and outputs
     model(input_ids)
     model.enable_logging(False)
 
@@ -9,6 +9,7 @@ Disabled, the wrapper costs one attribute check per call: nothing measurable on 
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch import nn
@@ -16,23 +17,34 @@ from torch import nn
 _depth = 0  # nesting level of logged calls, for indentation
 
 
-def describe(value) -> str:
-    """One line per value: name-free description of a tensor (shape, dtype, device, range) or other object."""
+def describe(value, nested: bool = False) -> str:
+    """One line per value: a tensor's shape, dtype, device and range; an object's public attributes."""
     if isinstance(value, torch.Tensor):
         text = f"Tensor{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')} {value.device.type}"
-        if value.numel() and (value.is_floating_point() or not value.dtype.is_complex):
+        if value.dtype == torch.bool:  # a mask: how much of it is True
+            text += f" {int(value.sum())}/{value.numel()} True"
+        elif value.numel() and not value.dtype.is_complex:
             v = value.detach()
             text += f" min={v.min().item():.4g} max={v.max().item():.4g}"
         return text
     if isinstance(value, (tuple, list)):
-        return "(" + ", ".join(describe(v) for v in value) + ")"
+        return "(" + ", ".join(describe(v, nested) for v in value) + ")"
     if value is None or isinstance(value, (bool, int, float, str)):
         return repr(value)
-    return type(value).__name__
+    if isinstance(value, nn.Module) or not hasattr(value, "__dict__"):
+        return type(value).__name__
+    # e.g. AttentionInputs or a KVCache: what it carries; inside another object, only its plain numbers
+    public = {k: v for k, v in vars(value).items() if not k.startswith("_")}
+    if nested:
+        public = {k: v for k, v in public.items() if isinstance(v, (bool, int, float, str))}
+    return f"{type(value).__name__}({', '.join(f'{k}={describe(v, nested=True)}' for k, v in public.items())})"
 
 
 def log_io(method):
-    """Decorate a LoggingModule method to print its inputs and outputs while logging is enabled."""
+    """Decorate a LoggingModule method to print its inputs, by parameter name, and its outputs while
+    logging is enabled."""
+    signature = inspect.signature(method)
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         if not self.logging_enabled:
@@ -41,11 +53,9 @@ def log_io(method):
         pad = "  " * _depth
         name = f"{type(self).__name__}.{method.__name__}"
         print(f"{pad}> {name}")
-        for i, arg in enumerate(args):
-            print(f"{pad}    in  arg{i}: {describe(arg)}")
-        for key, arg in kwargs.items():
-            if arg is not None:
-                print(f"{pad}    in  {key}: {describe(arg)}")
+        arguments = signature.bind(self, *args, **kwargs).arguments  # the ones passed, by name
+        for key, arg in list(arguments.items())[1:]:  # [0] is self
+            print(f"{pad}    in  {key}: {describe(arg)}")
         _depth += 1
         try:
             out = method(self, *args, **kwargs)

@@ -1,4 +1,7 @@
-"""Feed-forward block: up-project, nonlinearity, down-project; optionally gated (SwiGLU / GeGLU)."""
+"""Feed-forward block: up-project, nonlinearity, down-project; optionally gated (SwiGLU / GeGLU).
+
+The float64 version written out by hand is modules/reference.py `mlp`; the tests compare the two.
+"""
 from __future__ import annotations
 
 import functools
@@ -8,14 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import ModelConfig
+from modules.choices import pick
 from modules.logging import LoggingModule, log_io
+
+# config.MLP_NONLINEARITIES name -> function. A new one: its name there, its function here (F.mish, or one
+# you define above), and its written-out form in modules/reference.py ACTIVATIONS.
+ACTIVATIONS = {"GeLU": F.gelu, "SiLU": F.silu, "ReLU": F.relu,
+               "GeLU_tanh": functools.partial(F.gelu, approximate="tanh")}  # GPT-2's, so its weights run exactly
 
 
 def activation(name: str):
-    """config.MLP_NONLINEARITIES names map to torch.nn.functional by lower case: 'GeLU' -> F.gelu."""
-    if name == "GeLU_tanh":  # GPT-2's tanh approximation of GeLU, so imported GPT-2 weights run exactly
-        return functools.partial(F.gelu, approximate="tanh")
-    return getattr(F, name.lower())
+    """The function for a config.MLP_NONLINEARITIES name; a ValueError names one missing from ACTIVATIONS."""
+    return pick(ACTIVATIONS, "mlp_nonlinearity", name, listed_in="MLP_NONLINEARITIES", where="modules/mlp.py")
 
 
 class MLP(LoggingModule):

@@ -2,6 +2,8 @@
 
     model = Model(ModelConfig(vocab_len=1024))
     logits, loss = model(input_ids, targets)      # (B, T, vocab), scalar
+
+Every piece has a slow float64 twin in modules/reference.py that the tests hold it to.
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from torch import nn
 
 from config import ModelConfig
 from modules import mup
-from modules.attention import attention_mask
+from modules.attention import AttentionInputs
 from modules.kv_cache import KVCache
 from modules.layer import Layer
 from modules.logging import LoggingModule, log_io
-from modules.norm import Norm
-from modules.positional import RotaryEmbedding, SinusoidalEmbedding
+from modules.norm import build_norm
+from modules.positional import build_position_encoding
 
 
 class Model(LoggingModule):
@@ -30,22 +32,16 @@ class Model(LoggingModule):
                              "(tools.get_tokenizer(cfg.tokenizer).vocab_len) before building the model")
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_len, cfg.dim)
-        self.pos_embedding = None  # added to the residual stream ('learnable', 'Sinusoidal')
-        self.rope = None           # applied inside attention ('RoPE')
-        if cfg.pos_enc_type == "learnable":
-            self.pos_embedding = nn.Embedding(cfg.max_seq_len, cfg.dim)
-        elif cfg.pos_enc_type == "Sinusoidal":
-            self.pos_embedding = SinusoidalEmbedding(cfg.dim, cfg.max_seq_len)
-        else:
-            self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)
+        # pos_embedding: added to the residual stream ('learnable', 'Sinusoidal'); rope: applied inside attention
+        self.pos_embedding, self.rope = build_position_encoding(cfg)
         self.embed_dropout = nn.Dropout(cfg.dropout_embed)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
-        self.final_norm = Norm(cfg.dim, cfg.norm_type, cfg.eps, cfg.norm_affine, cfg.norm_bias)
+        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = build_norm(cfg.norm_type, cfg.dim, cfg.eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
         self.logit_multiplier = mup.output_multiplier(cfg)  # μP: 1/m (tied or not); exactly 1.0 under SP
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
         self.apply(self._init_weights)
-        if cfg.out_weight_share:
+        if cfg.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # one tensor, two uses
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -80,51 +76,45 @@ class Model(LoggingModule):
         start = cache.length if cache is not None else 0
         if start + T > cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
-        if cache is not None and doc_ids is not None:
-            raise ValueError("doc_ids (document masking) is for training; generation with a KV cache takes none")
-        if cache is not None and start + T > cache.max_positions:  # before the mask slices cache.key_valid
-            raise ValueError(f"KV cache holds {cache.max_positions} positions; {start + T} were asked for")
         slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
 
-        x = self.token_embedding(input_ids)
-        if cfg.scale_first_resid:
-            x = x * mup.embedding_multiplier(cfg)  # sqrt(dim); μP: sqrt(mup_base_dim)
-        if self.pos_embedding is not None:
-            x = x + self.pos_embedding(positions)
-        x = self.embed_dropout(x)
+        x = self.embed_dropout(self.embed(input_ids, positions))
         rope = self.rope(positions) if self.rope is not None else None
+        # what every layer's attention shares: masks, the cache (modules/attention.py decides how to use them)
+        attn_inputs = AttentionInputs(slots, rope, doc_ids, cache)
 
-        # None -> plain causal attention, SDPA's fastest path. With a cache that holds no padding, a prefill
-        # from position 0 and a single new token (which sees everything cached) need no mask either.
-        mask = None
-        plain_cache = cache is None or ((start == 0 or T == 1) and cache.all_valid())
-        if not plain_cache or doc_ids is not None or cfg.sliding_window is not None:
-            key_slots = torch.arange(start + T, device=input_ids.device)
-            key_valid = cache.key_valid[:, :start + T] if cache is not None else None
-            mask = attention_mask(slots, key_slots, cfg.sliding_window, doc_ids, key_valid)
-
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, cache, i, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, attn_inputs, use_reentrant=False)
             else:
-                x = layer(x, rope, mask, cache, i)
-        if cache is not None:
-            cache.advance(T)
+                x = layer(x, attn_inputs)
+        attn_inputs.advance_cache()
 
-        x = self.final_norm(x)
-        if last_only:
-            x = x[:, -1:]
-        logits = self.lm_head(x)
-        if self.logit_multiplier != 1.0:  # μP's output multiplier, modules/mup.py
-            logits = logits * self.logit_multiplier
-        if cfg.logit_softcap is not None:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        logits = self.output_logits(x[:, -1:] if last_only else x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> the residual stream (B, T, dim): token embeddings (+ positions if added here)."""
+        x = self.token_embedding(input_ids)
+        if self.cfg.scale_embeddings:
+            x = x * mup.embedding_multiplier(self.cfg)  # sqrt(dim); μP: sqrt(mup_base_dim)
+        if self.pos_embedding is not None:
+            x = x + self.pos_embedding(positions)
+        return x
+
+    def output_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream (..., dim) -> logits (..., vocab): final norm, output head, multipliers, cap."""
+        logits = self.lm_head(self.final_norm(x))
+        if self.logit_multiplier != 1.0:  # μP's output multiplier, modules/mup.py
+            logits = logits * self.logit_multiplier
+        if self.cfg.logit_softcap is not None:
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+        return logits
 
     def new_cache(self, batch_size: int, max_positions: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache of max_positions slots (default: the context) for generation (dtype: that of
@@ -151,6 +141,9 @@ class Model(LoggingModule):
         matmul_params = self.get_num_params(non_embedding=True)
         if self.lm_head.weight is self.token_embedding.weight:  # tied: not counted above, still a matmul
             matmul_params += self.lm_head.weight.numel()
-        keys_seen = (T + 1) / 2 if cfg.sliding_window is None else min(cfg.sliding_window, (T + 1) / 2)
-        attention = 2 * 2 * cfg.num_layers * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
+        keys_seen = 0.0  # summed over layers: each may have its own window
+        for layer in self.layers:
+            window = layer.attn.sliding_window
+            keys_seen += (T + 1) / 2 if window is None else min(window, (T + 1) / 2)
+        attention = 2 * 2 * cfg.num_q_heads * cfg.head_dim * keys_seen  # QK^T and AV, forward
         return 6 * matmul_params + 3 * attention

@@ -18,7 +18,7 @@ The rules, with m = dim / mup_base_dim (each is applied where the comment "μP:"
     output head (lm_head)           init σ, lr η               unchanged, logits * 1/m        Model.forward
     norm gains, biases              lr η                       unchanged (vector-like)        -
     attention logits                q.k / sqrt(d_head)         q.k * sqrt(d_base)/d_head      SelfAttention
-    scale_first_resid multiplier    sqrt(dim)                  sqrt(mup_base_dim) (constant)  Model.forward
+    scale_embeddings multiplier     sqrt(dim)                  sqrt(mup_base_dim) (constant)  Model.forward
 
 At dim == mup_base_dim every factor is exactly 1 (and the attention scale is exactly 1/sqrt(d_head)), so μP there is
 the SP model bit for bit: tune at that width with either, then scale up with 'mup'.
@@ -28,7 +28,7 @@ Choices, and why:
   MLP width (mlp_hidden_mult, after mlp_multiple_of rounding) and num_q_heads * head_dim grow in proportion to dim.
 - Weight decay: torch's AdamW decays by lr * λ per step. Hidden matrices get lr η/m, so λ is multiplied by m to keep
   the decay per step (lr * λ) what it is at the base width, as microsoft/mup's MuAdamW does for lr-coupled decay.
-- Tied embeddings (out_weight_share): one matrix is both the input embedding and the output head. In Table 8 both
+- Tied embeddings (tie_embeddings): one matrix is both the input embedding and the output head. In Table 8 both
   roles have a width-independent init and Adam lr, and only the output gets a forward multiplier, so the tied
   matrix keeps σ and η and the logits are multiplied by 1/m, as microsoft/mup's MuSharedReadout does.
 - Muon: its update is orthogonalized (all singular values ~1) and torch scales it by sqrt(max(1, fan_out/fan_in)),
@@ -47,10 +47,14 @@ from __future__ import annotations
 import math
 
 from config import ModelConfig
+from modules.choices import pick
+
+
+PARAMETRIZATION_IS_MUP = {"sp": False, "mup": True}  # every name in config.PARAMETRIZATIONS, explicitly
 
 
 def is_mup(cfg: ModelConfig) -> bool:
-    return cfg.parametrization == "mup"
+    return pick(PARAMETRIZATION_IS_MUP, "parametrization", cfg.parametrization, "PARAMETRIZATIONS", "modules/mup.py")
 
 
 def width_mult(cfg: ModelConfig) -> float:
@@ -81,7 +85,7 @@ def attention_scale(cfg: ModelConfig) -> float | None:
 
 
 def embedding_multiplier(cfg: ModelConfig) -> float:
-    """scale_first_resid's multiplier on the embeddings: sqrt(dim) under SP (Gemma). μP needs an input multiplier
+    """scale_embeddings multiplier on the embeddings: sqrt(dim) under SP (Gemma). μP needs an input multiplier
     that does not grow with width (Table 8 'input weights': multiplier 1), so it is frozen at sqrt(mup_base_dim)."""
     return math.sqrt(cfg.mup_base_dim if is_mup(cfg) else cfg.dim)
 

@@ -1,14 +1,19 @@
-"""Position information: rotary embeddings (RoPE), fixed sinusoidal tables, or learned embeddings.
+"""Position information, one builder per pos_enc_type: rotary embeddings (RoPE), fixed sinusoidal tables,
+or learned embeddings. POSITION_ENCODINGS maps each config name to its builder.
 
 Tables are computed once, as non-persistent buffers: they follow .to(device) but are not saved in
-checkpoints (they are a function of the config).
+checkpoints (they are a function of the config). The float64 rotation written out pair by pair is
+modules/reference.py `rope`; the tests compare the two.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch import nn
 
+from config import ModelConfig
+from modules.choices import pick
 from modules.logging import LoggingModule, log_io
 
 
@@ -69,3 +74,20 @@ class SinusoidalEmbedding(LoggingModule):
     @log_io
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         return self.table[positions]
+
+
+# Each builder returns (a module whose output is added to the token embeddings, or None;
+#                       a RotaryEmbedding whose rotations attention applies to q and k, or None).
+# A new scheme: its name in config.POS_ENC_TYPES and a builder here, e.g. "NoPE": lambda cfg: (None, None).
+POSITION_ENCODINGS = {
+    "RoPE": lambda cfg: (None, RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)),
+    "learnable": lambda cfg: (nn.Embedding(cfg.max_seq_len, cfg.dim), None),  # GPT-2
+    "Sinusoidal": lambda cfg: (SinusoidalEmbedding(cfg.dim, cfg.max_seq_len), None),
+}
+
+
+def build_position_encoding(cfg: ModelConfig) -> tuple[nn.Module | None, RotaryEmbedding | None]:
+    """(added embedding, rotary embedding) for cfg.pos_enc_type; a ValueError names one without a builder."""
+    build = pick(POSITION_ENCODINGS, "pos_enc_type", cfg.pos_enc_type, listed_in="POS_ENC_TYPES",
+                 where="modules/positional.py")
+    return build(cfg)

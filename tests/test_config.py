@@ -10,6 +10,7 @@ import torch
 
 from cli import build_configs
 from config import MLP_NONLINEARITIES, PRESETS, ModelConfig, TrainConfig
+from modules import reference
 from modules.mlp import activation
 from modules.model import Model
 
@@ -49,8 +50,8 @@ MODEL_BAD = [
     ("dropout_embed", -0.1), ("dropout_embed", 1.0),
     ("dropout_attn", 1.5), ("dropout_resid", "0.1"),
     ("mlp_gated", 1), ("mlp_gated", "True"), ("norm_affine", None), ("norm_bias", 0),
-    ("second_resid_norm", "no"), ("scale_first_resid", 1.0), ("linear_bias", None),
-    ("out_weight_share", "yes"), ("qk_norm", 0),
+    ("post_sublayer_norm", "no"), ("scale_embeddings", 1.0), ("linear_bias", None),
+    ("tie_embeddings", "yes"), ("qk_norm", 0),
 ]
 
 
@@ -287,20 +288,10 @@ def test_base_configs_rederive_head_dim():
 
 
 # --- nonlinearities ---------------------------------------------------------------------------------
-REFERENCE_ACTIVATIONS = {
-    "GeLU": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
-    "SiLU": lambda x: x * torch.sigmoid(x),
-    "ReLU": lambda x: torch.clamp(x, min=0),
-    "GeLU_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),  # GPT-2
-}
-
-
 @pytest.mark.parametrize("name", MLP_NONLINEARITIES)
 def test_every_nonlinearity_resolves(name):
-    fn = activation(name)
     x = torch.linspace(-4, 4, 101, dtype=torch.float64)
-    assert name in REFERENCE_ACTIVATIONS, f"add a reference for {name} to this test"
-    torch.testing.assert_close(fn(x), REFERENCE_ACTIVATIONS[name](x))
+    torch.testing.assert_close(activation(name)(x), reference.activation(name)(x))
 
 
 # --- parameter counts -------------------------------------------------------------------------------
@@ -316,11 +307,11 @@ def expected_params(c: ModelConfig) -> int:
         attention += 2 * hd * int(c.norm_affine)
     up = hidden * (2 if c.mlp_gated else 1)
     mlp = D * up + b * up + hidden * D + b * D
-    layer = attention + mlp + norm * (4 if c.second_resid_norm else 2)
+    layer = attention + mlp + norm * (4 if c.post_sublayer_norm else 2)
     total = V * D + c.num_layers * layer + norm
     if c.pos_enc_type == "learnable":
         total += c.max_seq_len * D
-    if not c.out_weight_share:
+    if not c.tie_embeddings:
         total += V * D
     return total
 
@@ -347,9 +338,9 @@ def test_preset_parameter_counts(preset):
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(out_weight_share=False),
+    dict(tie_embeddings=False),
     dict(linear_bias=True, norm_type="LayerNorm", norm_bias=True),
-    dict(qk_norm=True, second_resid_norm=True),
+    dict(qk_norm=True, post_sublayer_norm=True),
     dict(pos_enc_type="learnable", norm_affine=False),
     dict(mlp_gated=True, mlp_multiple_of=64, num_kv_heads=1),
     dict(pos_enc_type="Sinusoidal", head_dim=24, mlp_hidden_mult=2.5),

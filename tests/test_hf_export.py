@@ -81,7 +81,7 @@ def test_other_tokenizers_give_our_ids(name, vocab_len, tmp_path):
 
 @pytest.mark.parametrize("option,value", [("norm_type", "CosineNorm"), ("pos_enc_type", "Sinusoidal"),
                                           ("qk_norm", True), ("logit_softcap", 30.0), ("sliding_window", 8),
-                                          ("second_resid_norm", True), ("scale_first_resid", True),
+                                          ("post_sublayer_norm", True), ("scale_embeddings", True),
                                           ("mlp_gated", False), ("norm_type", "LayerNorm"),
                                           ("parametrization", "mup")])
 def test_options_without_an_equivalent_are_refused_by_name(option, value):

@@ -122,7 +122,7 @@ def test_bad_sources_are_one_line(sample_data, tmp_path, trained_dir, capsys):
 @pytest.mark.parametrize("changes", [dict(pos_enc_type="learnable", norm_type="LayerNorm", mlp_gated=False,
                                           linear_bias=False, norm_bias=False, norm_affine=False),
                                      dict(mlp_gated=True, mlp_nonlinearity="GeLU_tanh", linear_bias=True,
-                                          norm_affine=False, out_weight_share=False, num_kv_heads=1)])
+                                          norm_affine=False, tie_embeddings=False, num_kv_heads=1)])
 def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_path):
     from config import ModelConfig, TrainConfig
     from training import runs

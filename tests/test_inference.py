@@ -86,6 +86,8 @@ VARIANTS = {
     "MQA": dict(num_kv_heads=1),
     "window4": dict(sliding_window=4, num_kv_heads=2),
     "qk_norm": dict(qk_norm=True, num_kv_heads=2),
+    # what sits outside the layers: every decode path must apply the same embedding and output multipliers
+    "mup_softcap": dict(parametrization="mup", mup_base_dim=16, scale_embeddings=True, logit_softcap=1.0),
 }
 
 
@@ -416,7 +418,7 @@ def test_benchmark_conversion_to_transformers_gives_the_same_model():
     pytest.importorskip("transformers")
     from bench.bench_decode_hf import to_transformers
     model = tiny_model(num_kv_heads=2, mlp_gated=True, mlp_nonlinearity="SiLU", norm_type="RMSNorm",
-                       out_weight_share=True, theta=500_000.0)
+                       tie_embeddings=True, theta=500_000.0)
     hf = to_transformers(model)
     ids = torch.tensor([[60, 5, 6, 7, 8, 9, 10, 11]])
     with torch.inference_mode():
@@ -440,3 +442,18 @@ def test_rope_in_reals_matches_the_complex_rotation(batched_positions):
     real = torch.stack((rotation.real, rotation.imag), dim=-1)
     assert torch.allclose(apply_rope(x, real), apply_rope(x, rotation), atol=1e-6)
     assert torch.allclose(apply_rope(x.bfloat16(), real).float(), apply_rope(x.bfloat16(), rotation).float())
+
+
+@pytest.mark.parametrize("variant", ["MHA", "mup_softcap"])
+def test_decode_step_logits_equal_the_full_forward(variant):
+    """The fixed-slot step's logits, not only its argmax: multipliers and caps outside the layers keep the
+    argmax, so only the logits show that every path applies them."""
+    model = tiny_model(**VARIANTS[variant])
+    ids = torch.tensor([[5, 9, 3, 7, 11, 2]])
+    with torch.inference_mode():
+        expected = model(ids)[0][:, -1]
+        cache = model.new_cache(1, max_positions=8)
+        model(ids[:, :-1], cache=cache)
+        cache.start_static_writes()
+        got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

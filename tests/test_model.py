@@ -1,16 +1,20 @@
 """The whole Model: every architecture combination trains (gradients reach every parameter), attention is
 causal and document-local, dropout follows train()/eval(), weight tying, init, softcap, FLOPs, compile."""
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import config
 from config import MLP_NONLINEARITIES, NORM_TYPES, POS_ENC_TYPES, ModelConfig
 from modules.model import Model
 from training.checkpoint import load_weights, save_weights
 
 VOCAB = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +50,7 @@ def test_every_combination_trains(pos_enc_type, norm_type, nonlinearity, gated, 
     # biases, qk_norm, sandwich norms and an untied head switched on so that every kind of parameter exists
     cfg = tiny_cfg(num_layers=1, num_kv_heads=HEADS[heads], pos_enc_type=pos_enc_type, norm_type=norm_type,
                    mlp_nonlinearity=nonlinearity, mlp_gated=gated, linear_bias=True, norm_bias=True,
-                   qk_norm=True, second_resid_norm=True, out_weight_share=False)
+                   qk_norm=True, post_sublayer_norm=True, tie_embeddings=False)
     model = Model(cfg).train()
     x = tokens(2, 8)
     logits, loss = model(x, x.roll(-1, dims=1))
@@ -130,7 +134,7 @@ def test_dropout_only_in_train_mode(which):
 
 # --- weight tying -------------------------------------------------------------------------------------
 def test_tied_weights_are_one_tensor():
-    model = Model(tiny_cfg(out_weight_share=True))
+    model = Model(tiny_cfg(tie_embeddings=True))
     assert model.lm_head.weight is model.token_embedding.weight
     assert model.lm_head.weight.data_ptr() == model.token_embedding.weight.data_ptr()
     assert sum(p is model.token_embedding.weight for p in model.parameters()) == 1  # counted once
@@ -145,14 +149,14 @@ def test_tied_weights_are_one_tensor():
 
 
 def test_untied_weights():
-    model = Model(tiny_cfg(out_weight_share=False))
+    model = Model(tiny_cfg(tie_embeddings=False))
     assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x = tokens()
     model(x, x)[1].backward()
     opt.step()
     assert not torch.equal(model.lm_head.weight, model.token_embedding.weight)
-    tied = Model(tiny_cfg(out_weight_share=True))
+    tied = Model(tiny_cfg(tie_embeddings=True))
     assert model.get_num_params() - tied.get_num_params() == VOCAB * 32
 
 
@@ -193,7 +197,7 @@ def test_logit_softcap_bounds_logits():
     torch.testing.assert_close(out, cap * torch.tanh(raw / cap))
 
 
-@pytest.mark.parametrize("option", ["scale_first_resid", "second_resid_norm"])
+@pytest.mark.parametrize("option", ["scale_embeddings", "post_sublayer_norm"])
 def test_residual_options_change_the_forward(option):
     off = Model(tiny_cfg())
     on = Model(tiny_cfg(**{option: True}))
@@ -204,11 +208,11 @@ def test_residual_options_change_the_forward(option):
         assert (on(x)[0] - off(x)[0]).abs().max() > 1e-3
 
 
-def test_scale_first_resid_multiplies_embeddings():
+def test_scale_embeddings_multiplies_embeddings():
     """With sqrt(dim) scaling, the model sees the embeddings of a model whose table is sqrt(dim) larger."""
     cfg = tiny_cfg(pos_enc_type="RoPE")
-    scaled = Model(tiny_cfg(scale_first_resid=True))
-    plain = Model(tiny_cfg(out_weight_share=False))
+    scaled = Model(tiny_cfg(scale_embeddings=True))
+    plain = Model(tiny_cfg(tie_embeddings=False))
     state = scaled.state_dict()
     state["lm_head.weight"] = state["token_embedding.weight"].clone()
     state["token_embedding.weight"] = state["token_embedding.weight"] * math.sqrt(cfg.dim)
@@ -221,7 +225,7 @@ def test_scale_first_resid_multiplies_embeddings():
 # --- FLOPs --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tied", [True, False])
 def test_flops_per_token_is_about_6n(tied):
-    cfg = tiny_cfg(dim=64, out_weight_share=tied, pos_enc_type="learnable")
+    cfg = tiny_cfg(dim=64, tie_embeddings=tied, pos_enc_type="learnable")
     model = Model(cfg)
     # weights used in a matmul, once each: every Linear (the tied head included), no embedding lookups
     n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -230,7 +234,7 @@ def test_flops_per_token_is_about_6n(tied):
     assert flops == pytest.approx(6 * n, rel=0.02)
     # attention adds cost with context, but a sliding window caps it
     assert model.flops_per_token(seq_len=16) > flops
-    windowed = Model(tiny_cfg(dim=64, out_weight_share=tied, pos_enc_type="learnable", sliding_window=2))
+    windowed = Model(tiny_cfg(dim=64, tie_embeddings=tied, pos_enc_type="learnable", sliding_window=2))
     assert windowed.flops_per_token(seq_len=16) < model.flops_per_token(seq_len=16)
 
 
@@ -268,3 +272,25 @@ def test_compiled_state_dict_loads_into_plain_model(tmp_path):
     x = tokens()
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(x)[0], model.eval()(x)[0], atol=0, rtol=0)
+
+
+# --- renamed fields -----------------------------------------------------------------------------------
+MODEL_RENAMES = {old: new for old, new in config.RENAMED_FIELDS.items() if new in config.MODEL_FIELDS}
+
+
+def test_model_renames_are_listed():
+    assert {"out_weight_share": "tie_embeddings", "second_resid_norm": "post_sublayer_norm",
+            "scale_first_resid": "scale_embeddings"}.items() <= MODEL_RENAMES.items()
+
+
+@pytest.mark.parametrize("run", ["gpt2_atto", "llama3_atto"])
+def test_shipped_runs_with_old_field_names_still_load(run):
+    saved = json.loads((ROOT / "trained" / run / "model_config.json").read_text())
+    assert set(MODEL_RENAMES) & set(saved), "the shipped runs predate the renames"
+    cfg = ModelConfig.from_dict(saved)
+    for old, new in MODEL_RENAMES.items():
+        if old in saved:
+            assert getattr(cfg, new) == saved[old]
+    model = Model(cfg)
+    load_weights(model, ROOT / "trained" / run / "model.safetensors")
+    assert model.lm_head.weight is model.token_embedding.weight  # tie_embeddings came through

@@ -1,21 +1,23 @@
-"""modules/: each fast path against a slow, obvious reference written here (norms, MLP, attention, RoPE,
-KV cache), plus the logging switch."""
+"""modules/: each fast path against the slow, obvious float64 version in modules/reference.py (norms, MLP,
+attention, mask, RoPE), the KV cache, loud failure for config names without an implementation, and the
+logging switch."""
 import math
-import statistics
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import config
 from config import MLP_NONLINEARITIES, NORM_TYPES, POS_ENC_TYPES, ModelConfig
-from modules.attention import SelfAttention, attention_mask
-from modules.layer import Layer
-from modules.logging import LoggingModule
-from modules.mlp import MLP
+from modules import reference
+from modules.attention import AttentionInputs, SelfAttention, attention_mask
+from modules.logging import LoggingModule, log_io
+from modules.mlp import ACTIVATIONS, MLP
 from modules.model import Model
-from modules.norm import Norm
-from modules.positional import RotaryEmbedding, SinusoidalEmbedding, apply_rope, rope_tables
+from modules.norm import NORMS, Norm, build_norm
+from modules.positional import (POSITION_ENCODINGS, RotaryEmbedding, SinusoidalEmbedding, apply_rope,
+                                rope_tables)
 
 VOCAB = 64
 
@@ -37,47 +39,31 @@ def randomize_(module: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
 
 
 # --- Norm ---------------------------------------------------------------------------------------------
-def reference_norm(x, norm_type, eps, weight=None, bias=None):
-    x = x.double()
-    if norm_type == "RMSNorm":
-        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
-    elif norm_type == "LayerNorm":
-        centered = x - x.mean(-1, keepdim=True)
-        y = centered / torch.sqrt((centered * centered).mean(-1, keepdim=True) + eps)
-    else:
-        y = x / torch.sqrt((x * x).sum(-1, keepdim=True))
-    if weight is not None:
-        y = y * weight.double()
-    if bias is not None:
-        y = y + bias.double()
-    return y
-
-
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
 @pytest.mark.parametrize("affine,bias", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("eps", [1e-6, 1e-2])
 def test_norm_matches_reference(norm_type, affine, bias, eps):
-    norm = Norm(24, norm_type, eps, affine=affine, bias=bias)
+    norm = build_norm(norm_type, 24, eps, affine=affine, bias=bias)
     randomize_(norm)
     x = torch.randn(3, 5, 24) * 3 + 0.5
     y = norm(x)
     assert y.dtype == x.dtype and y.shape == x.shape
-    torch.testing.assert_close(y.double(), reference_norm(x, norm_type, eps, norm.weight, norm.bias),
+    torch.testing.assert_close(y.double(), reference.norm(x, norm_type, norm),
                                atol=1e-5, rtol=1e-5)
 
 
 def test_cosine_norm_gives_unit_norms():
-    norm = Norm(16, "CosineNorm", 1e-6, affine=False)
+    norm = build_norm("CosineNorm", 16, 1e-6, affine=False)
     x = torch.randn(4, 7, 16) * torch.rand(4, 7, 1) * 100
     torch.testing.assert_close(norm(x).norm(dim=-1), torch.ones(4, 7))
 
 
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
 def test_norm_weights_are_registered_parameters(norm_type):
-    norm = Norm(8, norm_type, 1e-6, affine=True, bias=True)
+    norm = build_norm(norm_type, 8, 1e-6, affine=True, bias=True)
     names = dict(norm.named_parameters())
-    assert set(names) == {"weight", "bias"} and all(isinstance(p, torch.nn.Parameter) for p in names.values())
-    assert set(norm.state_dict()) == {"weight", "bias"}
+    assert {"weight", "bias"} <= set(names) and all(isinstance(p, torch.nn.Parameter) for p in names.values())
+    assert set(norm.state_dict()) == set(names)
     norm.to(torch.float64)
     assert norm.weight.dtype == torch.float64 and norm.bias.dtype == torch.float64
     norm.to("meta")  # a device move (no GPU here): the weights must follow
@@ -85,7 +71,7 @@ def test_norm_weights_are_registered_parameters(norm_type):
 
 
 def test_every_norm_weight_is_in_model_parameters():
-    cfg = tiny_cfg(norm_bias=True, qk_norm=True, second_resid_norm=True)
+    cfg = tiny_cfg(norm_bias=True, qk_norm=True, post_sublayer_norm=True)
     model = Model(cfg)
     params = {id(p) for p in model.parameters()}
     norms = [m for m in model.modules() if isinstance(m, Norm)]
@@ -103,27 +89,6 @@ def test_every_norm_weight_is_in_model_parameters():
 
 
 # --- MLP ----------------------------------------------------------------------------------------------
-REFERENCE_ACT = {
-    "GeLU": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
-    "SiLU": lambda x: x / (1 + torch.exp(-x)),
-    "ReLU": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
-    "GeLU_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),  # GPT-2
-}
-
-
-def reference_mlp(mlp: MLP, x: torch.Tensor, nonlinearity: str, gated: bool) -> torch.Tensor:
-    act = REFERENCE_ACT[nonlinearity]
-    w_up, b_up = mlp.up.weight, mlp.up.bias
-    hidden = mlp.down.weight.shape[1]
-    if gated:  # gate = first half of the up projection's rows, value = second half
-        gate = x @ w_up[:hidden].T + (0 if b_up is None else b_up[:hidden])
-        value = x @ w_up[hidden:].T + (0 if b_up is None else b_up[hidden:])
-        h = act(gate) * value
-    else:
-        h = act(x @ w_up.T + (0 if b_up is None else b_up))
-    return h @ mlp.down.weight.T + (0 if mlp.down.bias is None else mlp.down.bias)
-
-
 @pytest.mark.parametrize("nonlinearity", MLP_NONLINEARITIES)
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
@@ -132,7 +97,7 @@ def test_mlp_matches_reference(nonlinearity, gated, bias):
     mlp = randomize_(MLP(cfg))
     assert mlp.up.out_features == cfg.mlp_hidden_dim * (2 if gated else 1)
     x = torch.randn(2, 5, cfg.dim)
-    torch.testing.assert_close(mlp(x), reference_mlp(mlp, x, nonlinearity, gated), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mlp(x).double(), reference.mlp(x, mlp, nonlinearity, gated), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("nonlinearity", MLP_NONLINEARITIES)
@@ -146,65 +111,7 @@ def test_mlp_is_nonlinear(nonlinearity, gated):
     assert (mlp(-a) + mlp(a) - 2 * mlp(zero)).abs().max() > 1e-2  # not odd either
 
 
-# --- attention reference ---------------------------------------------------------------------------
-def reference_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate each pair (x[2i], x[2i+1]) by positions * theta^(-2i/D), one pair at a time."""
-    D = x.shape[-1]
-    out = x.clone()
-    for i in range(D // 2):
-        angle = positions.double() * theta ** (-2 * i / D)  # (T,) or (B, T)
-        if angle.dim() == 2:
-            angle = angle[:, None, :]
-        c, s = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
-        a, b = x[..., 2 * i], x[..., 2 * i + 1]
-        out[..., 2 * i], out[..., 2 * i + 1] = a * c - b * s, a * s + b * c
-    return out
-
-
-def reference_mask(T, sliding_window=None, doc_ids=None, key_valid=None):
-    """(B or 1, T, T) boolean, written out by loops."""
-    B = 1 if doc_ids is None and key_valid is None else (doc_ids if doc_ids is not None else key_valid).shape[0]
-    mask = torch.zeros(B, T, T, dtype=torch.bool)
-    for b in range(B):
-        for i in range(T):
-            for j in range(T):
-                ok = j <= i
-                if sliding_window is not None:
-                    ok = ok and i - j < sliding_window
-                if doc_ids is not None:
-                    ok = ok and bool(doc_ids[b, i] == doc_ids[b, j])
-                if key_valid is not None:
-                    ok = (ok and bool(key_valid[b, j])) or i == j
-                mask[b, i, j] = ok
-    return mask
-
-
-def reference_attention(attn: SelfAttention, x, positions=None, theta=None, allowed=None):
-    """softmax(Q K^T / sqrt(d) + mask) V with K, V repeated for each query head of their group."""
-    B, T, _ = x.shape
-    Hq, Hkv, D = attn.num_q_heads, attn.num_kv_heads, attn.head_dim
-    W, bias = attn.qkv.weight, attn.qkv.bias
-    proj = x @ W.T + (0 if bias is None else bias)
-    q = proj[..., :Hq * D].reshape(B, T, Hq, D).transpose(1, 2)
-    k = proj[..., Hq * D:(Hq + Hkv) * D].reshape(B, T, Hkv, D).transpose(1, 2)
-    v = proj[..., (Hq + Hkv) * D:].reshape(B, T, Hkv, D).transpose(1, 2)
-    if attn.q_norm is not None:
-        q = reference_norm(q, "RMSNorm", attn.q_norm.eps, attn.q_norm.weight).to(x.dtype)
-        k = reference_norm(k, "RMSNorm", attn.k_norm.eps, attn.k_norm.weight).to(x.dtype)
-    if positions is not None:
-        q, k = reference_rope(q, positions, theta), reference_rope(k, positions, theta)
-    group = Hq // Hkv
-    k = torch.stack([k[:, h // group] for h in range(Hq)], dim=1)  # query head h uses kv head h // group
-    v = torch.stack([v[:, h // group] for h in range(Hq)], dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
-    if allowed is None:
-        allowed = reference_mask(T)
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    y = torch.softmax(scores, dim=-1) @ v  # (B, Hq, T, D)
-    y = y.transpose(1, 2).reshape(B, T, Hq * D)
-    return y @ attn.out.weight.T + (0 if attn.out.bias is None else attn.out.bias)
-
-
+# --- attention ----------------------------------------------------------------------------------
 HEADS = {"MHA": (4, 4), "GQA": (4, 2), "MQA": (4, 1)}
 
 
@@ -214,38 +121,36 @@ def test_sdpa_matches_reference(heads, variant):
     q_heads, kv_heads = HEADS[heads]
     cfg = tiny_cfg(num_q_heads=q_heads, num_kv_heads=kv_heads, qk_norm="qk_norm" in variant,
                    sliding_window=3 if "window" in variant else None, linear_bias="bias" in variant)
-    attn = randomize_(SelfAttention(cfg).double(), std=0.2)
+    attn = randomize_(SelfAttention(cfg, layer_idx=0).double(), std=0.2)
     B, T = 2, 10
     x = torch.randn(B, T, cfg.dim, dtype=torch.float64)
     slots = torch.arange(T)
     doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 2, 2, 2]]) \
         if variant == "docs" else None
-    mask = None
-    if cfg.sliding_window is not None or doc_ids is not None:
-        mask = attention_mask(slots, slots, cfg.sliding_window, doc_ids)
     rope, positions = None, None
     if "rope" in variant:
         positions = slots
         rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)(positions).to(torch.complex128)
-    allowed = reference_mask(T, cfg.sliding_window, doc_ids)
-    expected = reference_attention(attn, x, positions, cfg.theta, allowed)
+    # the module picks its own mask from what it is given (window from the config, document ids)
+    y = attn(x, AttentionInputs(slots, rope, doc_ids))
+    allowed = reference.mask(T, cfg.sliding_window, doc_ids)
+    expected = reference.self_attention(x, attn, positions, cfg.theta, allowed)
     tol = 1e-6 if rope is not None else 1e-10  # the RoPE tables are float32 by design
-    torch.testing.assert_close(attn(x, rope, mask), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(y, expected, atol=tol, rtol=tol)
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
-    gqa = randomize_(SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=2)), std=0.2)
-    mha = SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=4))
-    D, dim = gqa.head_dim, 32
-    wq, wk, wv = gqa.qkv.weight.split(gqa.split_sizes)
-    repeat = lambda w: w.view(2, D, dim).repeat_interleave(2, dim=0).reshape(4 * D, dim)  # noqa: E731
-    with torch.no_grad():
-        mha.qkv.weight.copy_(torch.cat([wq, repeat(wk), repeat(wv)]))
-        mha.out.weight.copy_(gqa.out.weight)
-    x = torch.randn(2, 9, dim)
-    window = attention_mask(torch.arange(9), torch.arange(9), 4)
-    torch.testing.assert_close(gqa(x), mha(x), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(gqa(x, mask=window), mha(x, mask=window), atol=1e-6, rtol=1e-5)
+    for window in (None, 4):
+        gqa = randomize_(SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=2, sliding_window=window), 0), std=0.2)
+        mha = SelfAttention(tiny_cfg(num_q_heads=4, num_kv_heads=4, sliding_window=window), 0)
+        D, dim = gqa.head_dim, 32
+        wq, wk, wv = gqa.qkv.weight.split(gqa.split_sizes)
+        repeat = lambda w: w.view(2, D, dim).repeat_interleave(2, dim=0).reshape(4 * D, dim)  # noqa: E731
+        with torch.no_grad():
+            mha.qkv.weight.copy_(torch.cat([wq, repeat(wk), repeat(wv)]))
+            mha.out.weight.copy_(gqa.out.weight)
+        x = torch.randn(2, 9, dim)
+        torch.testing.assert_close(gqa(x), mha(x), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
@@ -318,7 +223,7 @@ def test_mask_matches_loop_reference(seed):
         for docs in (None, doc_ids):
             for valid in (None, key_valid):
                 m = attention_mask(torch.arange(T), torch.arange(T), window, docs, valid)
-                expected = reference_mask(T, window, docs, valid)
+                expected = reference.mask(T, window, docs, valid)
                 assert torch.equal(m[:, 0].expand_as(expected), expected)
 
 
@@ -332,7 +237,7 @@ def test_rope_matches_reference():
     cos, sin = rope_tables(16, 32, 10_000.0)
     x = torch.randn(2, 3, 32, 16, dtype=torch.float64)
     torch.testing.assert_close(apply_rope(x, torch.complex(cos.double(), sin.double())),
-                               reference_rope(x, torch.arange(32), 10_000.0), atol=1e-6, rtol=1e-6)
+                               reference.rope(x, torch.arange(32), 10_000.0), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("theta", [10_000.0, 500_000.0, 100.0])
@@ -448,21 +353,111 @@ def test_kv_cache_overflow_raises():
             model(torch.randint(0, VOCAB, (1, 1)), cache=cache)
 
 
+# --- a layer's own variant: layers know their index -------------------------------------------------
+def test_per_layer_sliding_window_decodes_like_full_forward():
+    """A window on layer 0 only (a one-line edit in SelfAttention.__init__, done here by hand): the KV-cached
+    decode still equals the full forward, and each layer gets the mask of its own window."""
+    model = Model(tiny_cfg(num_layers=2)).eval()
+    assert [layer.attn.layer_idx for layer in model.layers] == [0, 1]
+    model.layers[0].attn.sliding_window = 2
+    ids = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():
+        full, _ = model(ids)
+        cache = model.new_cache(2)
+        steps = [model(ids[:, :4], cache=cache)[0]] + [model(ids[:, t:t + 1], cache=cache)[0] for t in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert model.flops_per_token(16) < Model(tiny_cfg(num_layers=2)).flops_per_token(16)  # counted per layer
+    # the masks each layer asks for: plain causal (no mask) for no window, a boolean mask for a window of 2
+    inputs = AttentionInputs(torch.arange(6))
+    assert inputs.mask(None) == (None, True)
+    windowed, is_causal = inputs.mask(2)
+    assert not is_causal and torch.equal(windowed[0, 0], reference.mask(6, 2)[0])
+    assert inputs.mask(2)[0] is windowed  # built once per forward and window
+
+
+# --- a name in config.py without code behind it fails loudly -------------------------------------------
+def model_choice_lists() -> dict[str, str]:
+    """ModelConfig field -> the config.py tuple its value must come from (found by the field's default)."""
+    tuples = {name: value for name, value in vars(config).items()
+              if name.isupper() and isinstance(value, tuple) and all(isinstance(v, str) for v in value)}
+    found = {}
+    for field in config.fields(ModelConfig):
+        for name, options in tuples.items():
+            if isinstance(field.default, str) and field.default in options:
+                found[field.name] = name
+    return found
+
+
+CHOICES = model_choice_lists()
+IMPLEMENTATIONS = {"norm_type": (NORMS, reference.NORMS), "mlp_nonlinearity": (ACTIVATIONS, reference.ACTIVATIONS),
+                   "pos_enc_type": (POSITION_ENCODINGS, None)}
+
+
+def test_every_model_choice_list_is_found():
+    assert {"norm_type": "NORM_TYPES", "pos_enc_type": "POS_ENC_TYPES",
+            "mlp_nonlinearity": "MLP_NONLINEARITIES"}.items() <= CHOICES.items()
+
+
+@pytest.mark.parametrize("field", list(CHOICES))
+def test_name_without_implementation_raises(field, monkeypatch):
+    listed_in = CHOICES[field]
+    monkeypatch.setattr(config, listed_in, getattr(config, listed_in) + ("Brand_new",))
+    cfg = tiny_cfg(**{field: "Brand_new"})  # config.py accepts it now...
+    with pytest.raises(ValueError, match=rf"{field}='Brand_new' is listed in config\.{listed_in} but modules/"):
+        Model(cfg)  # ...but building the model names it
+
+
+@pytest.mark.parametrize("field", list(IMPLEMENTATIONS))
+def test_implementations_and_references_cover_exactly_the_config_lists(field):
+    allowed = set(getattr(config, CHOICES[field]))
+    for table in IMPLEMENTATIONS[field]:
+        if table is not None:
+            assert set(table) == allowed
+
+
+def test_references_and_builders_raise_on_unknown_names():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="norm_type='Brand_new' is unknown: modules/norm.py implements 'RMSNorm'"):
+        build_norm("Brand_new", 8, 1e-6)
+    with pytest.raises(ValueError, match=r"norm_type='Brand_new' is unknown: modules/reference.py \(NORMS\)"):
+        reference.norm(x, "Brand_new", build_norm("RMSNorm", 8, 1e-6))
+    with pytest.raises(ValueError, match="mlp_nonlinearity='Brand_new' is unknown"):
+        reference.activation("Brand_new")
+
+
 # --- logging ------------------------------------------------------------------------------------------
 def test_logging_prints_modules_and_shapes(capsys):
     model = Model(tiny_cfg(num_layers=1)).enable_logging()
     model(torch.randint(0, VOCAB, (2, 8)))
     out = capsys.readouterr().out
-    for name in ("Model.forward", "Layer.forward", "SelfAttention.forward", "MLP.forward", "Norm.forward",
-                 "RotaryEmbedding.forward"):
+    for name in ("Model.forward", "Layer.forward", "SelfAttention.forward", "SelfAttention.split_heads",
+                 "SelfAttention.attend", "MLP.forward", "RMSNorm.forward", "RotaryEmbedding.forward"):
         assert f"> {name}" in out and f"< {name} out:" in out, name
-    assert "in  arg0: Tensor(2, 8) int64" in out                         # token ids
-    assert "Tensor(2, 8, 32) float32" in out                            # the residual stream
+    assert "in  input_ids: Tensor(2, 8) int64" in out                   # arguments by name
+    assert "in  x: Tensor(2, 8, 32) float32" in out                     # the residual stream
     assert f"< Model.forward out: (Tensor(2, 8, {VOCAB}) float32" in out  # logits
+    # inside attention: q, k, v per head (4 query heads, 2 kv heads of 8), the mask choice
+    for line in ("in  q: Tensor(2, 4, 8, 8)", "in  k: Tensor(2, 2, 8, 8)", "in  v: Tensor(2, 2, 8, 8)",
+                 "in  mask: None", "in  is_causal: True", "in  inputs: AttentionInputs(query_slots=Tensor(8,)"):
+        assert line in out, line
     assert "\n  > Layer.forward" in out  # nested calls are indented
     model.enable_logging(False)
     model(torch.randint(0, VOCAB, (2, 8)))
     assert capsys.readouterr().out == ""
+
+
+def test_logging_shows_mask_and_cache(capsys):
+    model = Model(tiny_cfg(num_layers=1, sliding_window=3)).eval()
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(torch.randint(0, VOCAB, (2, 5)), cache=cache)
+        model.enable_logging()
+        model(torch.randint(0, VOCAB, (2, 1)), cache=cache)
+    out = capsys.readouterr().out
+    assert "in  cache: KVCache(" in out and "length=5" in out
+    assert "in  k: Tensor(2, 2, 6, 8)" in out  # the new key after the five cached ones
+    assert "in  mask: Tensor(2, 1, 1, 6) bool cpu 6/12 True" in out  # a window of 3 over 6 keys, 2 rows
+    assert "in  is_causal: False" in out
 
 
 def test_logging_off_by_default_prints_nothing(capsys):
@@ -472,41 +467,47 @@ def test_logging_off_by_default_prints_nothing(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_logging_disabled_overhead():
-    """Disabled, @log_io must cost < 5% of a small model's forward + backward, measured against the same
-    model with every wrapper bypassed (the undecorated `forward.__wrapped__`)."""
-    classes = [Model, Layer, SelfAttention, MLP, Norm, RotaryEmbedding]
-    assert all(issubclass(c, LoggingModule) for c in classes)
-    decorated = {c: c.forward for c in classes}
-    plain = {c: c.forward.__wrapped__ for c in classes}
+def test_logging_disabled_overhead(capsys):
+    """Disabled, @log_io costs one attribute check per call: the logged calls of a small model's forward +
+    backward, times the measured cost of one disabled wrapper, must stay under 5% of that step. (Timing the
+    step with and without wrappers instead drowns a ~0.3% effect in a shared machine's noise.)"""
     model = Model(tiny_cfg())
     x = torch.randint(0, VOCAB, (2, 16))
+    model.enable_logging()
+    model(x, x)
+    model.enable_logging(False)
+    calls = sum(line.lstrip().startswith("> ") for line in capsys.readouterr().out.splitlines())
+    assert calls >= 2 * 6  # per layer at least: Layer, two norms, attention (split_heads, attend), MLP
 
-    def timed(forwards) -> float:
-        for c, f in forwards.items():
-            c.forward = f
-        t0 = time.thread_time()
+    class Probe(LoggingModule):
+        @log_io
+        def step(self, value):
+            return value
+
+    probe, bare = Probe(), Probe.step.__wrapped__
+
+    def best_time(fn, repeats=7) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            fn()
+            best = min(best, time.thread_time() - t0)
+        return best
+
+    n = 20_000
+    wrapped = best_time(lambda: [probe.step(1) for _ in range(n)])
+    unwrapped = best_time(lambda: [bare(probe, 1) for _ in range(n)])
+    per_call = max(wrapped - unwrapped, 0.0) / n
+
+    def train_step():
         model.zero_grad(set_to_none=True)
         model(x, x)[1].backward()
-        return time.thread_time() - t0
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: far less jitter on a shared machine
+    torch.set_num_threads(1)
     try:
-        times = {"decorated": [], "plain": []}
-        for i in range(160):  # interleaved, so drifting machine load hits both alike
-            order = ("decorated", "plain") if i % 2 else ("plain", "decorated")
-            for name in order:
-                times[name].append(timed(decorated if name == "decorated" else plain))
+        step = best_time(train_step, repeats=20)
     finally:
         torch.set_num_threads(threads)
-        for c, f in decorated.items():
-            c.forward = f
-    assert Model.forward is decorated[Model]
-
-    def fast(ts):  # load only ever adds time: compare the fastest quarter of each, after warm-up
-        ts = sorted(ts[10:])
-        return statistics.mean(ts[:len(ts) // 4])
-
-    overhead = fast(times["decorated"]) / fast(times["plain"]) - 1
-    assert overhead < 0.05, f"disabled logging costs {overhead:.1%}"
+    overhead = calls * per_call / step
+    assert overhead < 0.05, f"disabled logging costs {overhead:.1%} ({calls} calls x {per_call * 1e9:.0f} ns)"

@@ -16,7 +16,7 @@ from training.optim import build_optimizers
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=16, vocab_len=64)
 GPT2_LIKE = dict(pos_enc_type="learnable", norm_type="LayerNorm", norm_bias=True, linear_bias=True,
-                 out_weight_share=False, scale_first_resid=True, qk_norm=True, logit_softcap=30.0, mlp_gated=True)
+                 tie_embeddings=False, scale_embeddings=True, qk_norm=True, logit_softcap=30.0, mlp_gated=True)
 
 
 def train_steps(model_cfg: ModelConfig, optimizer: str = "adamw", steps: int = 3, seed: int = 3):

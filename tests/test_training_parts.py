@@ -48,7 +48,7 @@ def test_warm_restarts_and_flat_tail():
 
 def test_no_weight_decay_on_norms_biases_embeddings():
     model = Model(ModelConfig(vocab_len=64, dim=32, num_layers=2, num_q_heads=4, linear_bias=True, norm_bias=True,
-                              pos_enc_type="learnable", out_weight_share=False))
+                              pos_enc_type="learnable", tie_embeddings=False))
     matrices, embeddings, other = split_params(model)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(p.dim() == 2 and "embedding" not in names[id(p)] and "lm_head" not in names[id(p)] for p in matrices)
