@@ -16,7 +16,7 @@ from typing import Optional
 # in mlp.py, POSITION_ENCODINGS in positional.py) and a written-out twin in modules/reference.py; a name
 # listed here without them stops the model build with one line (README "Trying your own idea").
 POS_ENC_TYPES = ("RoPE", "learnable", "Sinusoidal")
-MLP_NONLINEARITIES = ("GeLU", "SiLU", "ReLU")
+MLP_NONLINEARITIES = ("GeLU", "SiLU", "ReLU", "GeLU_tanh")  # GeLU_tanh: GPT-2's own tanh approximation
 NORM_TYPES = ("RMSNorm", "LayerNorm", "CosineNorm")
 ANNEAL_TYPES = ("cos", "lin", "wsd")
 OPTIMIZERS = ("adamw", "muon")
@@ -24,6 +24,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
+TRACKERS = ("none", "tensorboard", "wandb")
 PARAMETRIZATIONS = ("sp", "mup")  # standard, or μP (modules/mup.py: lr and init that transfer across widths)
 # A run name is a folder in trained/ that inference finds again by name: letters, digits and . _ - + =,
 # not starting with '.', '-' or '~' (hidden files, options, home folders), short enough for any file system.
@@ -114,7 +115,7 @@ class ModelConfig(_Validated):
     theta: float = 10_000.0             # RoPE base frequency
     # --- MLP ---
     mlp_hidden_mult: float = 4.0        # hidden width = mult * dim (x2/3 when gated, so parameters match)
-    mlp_nonlinearity: str = "GeLU"      # 'GeLU', 'SiLU', 'ReLU'
+    mlp_nonlinearity: str = "GeLU"      # 'GeLU', 'SiLU', 'ReLU', 'GeLU_tanh' (GPT-2's approximation)
     mlp_gated: bool = False             # GLU variant: SiLU -> SwiGLU, GeLU -> GeGLU
     mlp_multiple_of: int = 1            # round the hidden width up to a multiple of this (64-256 helps GPUs)
     # --- normalization ---
@@ -205,6 +206,9 @@ class ModelConfig(_Validated):
 class TrainConfig(_Validated):
     # --- run ---
     model_name: Optional[str] = None    # folder in trained/; None -> '<preset or custom>_<date-time>'
+    init_from: Optional[str] = None     # start from the weights (and architecture) of a run in trained/ or of a
+                                        # Hugging Face Llama / GPT-2 folder; data and training settings are new
+    tracker: str = "none"               # also log rows and configs to 'tensorboard' or 'wandb' (offline by default)
     seed: int = 1337                    # seeds torch, numpy and the data order
     device: str = "auto"                # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"                 # 'auto': bfloat16 autocast on CUDA with bf16 (and AMX CPUs), else float32
@@ -263,6 +267,9 @@ class TrainConfig(_Validated):
         self._choice("anneal_type", ANNEAL_TYPES)
         self._choice("optimizer", OPTIMIZERS)
         self._choice("parallel", PARALLEL)
+        self._choice("tracker", TRACKERS)
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            self._fail("init_from", "must be a run name in trained/, a run folder or a Hugging Face model folder")
         for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             self._int(name)

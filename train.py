@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
-from config import ModelConfig, TrainConfig
+from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from data.sources import HubUnreachableError
 from data.tokenizer import get_tokenizer
 from training import distributed, runs
@@ -39,6 +39,7 @@ from training.run_log import RunLog
 from training.run_state import RunState
 from training.setup import TrainingError, build_model, load_data, prepare_training, set_up
 from training.step import NonFiniteStep, train_step
+from training.trackers import Tracker, make_tracker
 
 RUN_FLAGS = """Run options (not saved with the run):
     --preset=NAME       start from a named set of settings (below)
@@ -76,6 +77,11 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
         if not resume:
             base[1]["model_name"] = None  # a new run needs its own name
     model_cfg, train_cfg = build_configs(overrides, preset, base)
+    if train_cfg.init_from is not None and not resume:  # the architecture is the source's
+        from interop import init_from
+        given = set(overrides) | set(PRESETS.get(preset, {})) | set(base[0] if base else {})
+        given = {RENAMED_FIELDS.get(k, k) for k in given} & MODEL_FIELDS
+        model_cfg = init_from.model_config(train_cfg.init_from, {k: getattr(model_cfg, k) for k in given})
     if model_cfg.vocab_len is None:  # the tokenizer decides
         model_cfg = dataclasses.replace(model_cfg, vocab_len=get_tokenizer(model_cfg.tokenizer).vocab_len)
     if train_cfg.model_name is None:
@@ -102,15 +108,22 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
 def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> dict:
     checkpoint = check_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite)  # refusals change nothing
     tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
+    tracker = make_tracker(train_cfg.tracker) if machine.is_main else Tracker()  # a missing package fails early
     data = load_data(model_cfg, train_cfg, machine, tokenizer)
     model = build_model(model_cfg, train_cfg, machine)
     saved = load_checkpoint(checkpoint, model) if checkpoint else None  # weights before sharding
+    if saved is None and train_cfg.init_from is not None:
+        from interop import init_from
+        init_from.load_weights(model, train_cfg.init_from)
+        machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
     if machine.is_main:
         if overwrite and (run_dir.exists() or run_dir.is_symlink()):
             runs.clear_run(run_dir)  # refuses a link or a file
         runs.write_description(run_dir, model_cfg, train_cfg)
+        tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
+                      state.step if resume else None)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
     T, world = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
@@ -133,7 +146,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
             progress.step_done(state.step, result.loss, result.lr, state.tokens)
             if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_iters:
                 evaluate_and_log(state, result, train_model, model, data, tokenizer.bos_id, T, train_cfg, machine,
-                                 log, progress, run_dir, mfu_per_token_s)
+                                 log, progress, run_dir, mfu_per_token_s, tracker)
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
                 save_resumable(run_dir, state, model, optimizers, data.batches, machine)
     except NonFiniteStep as e:
@@ -142,6 +155,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                             f"or --dtype=float32; then --resume") from None
     finally:
         progress.close()
+        tracker.finish()
     if machine.is_main and log.rows:
         plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name)
     machine.say(f"done: {run_dir} (best val loss {state.best_val:.4f})")
@@ -150,8 +164,9 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
 
 def evaluate_and_log(state: RunState, result, train_model, model, data, bos_id: int, seq_len: int,
                      train_cfg: TrainConfig, machine, log: RunLog, progress: Progress, run_dir: Path,
-                     mfu_per_token_s: float) -> None:
-    """Validation loss, one row of log_data.csv, and model.safetensors when the loss is the best so far."""
+                     mfu_per_token_s: float, tracker: Tracker) -> None:
+    """Validation loss, one row of log_data.csv (and the tracker), and model.safetensors when the loss is the best
+    so far."""
     progress.evaluating(state.step, train_cfg.eval_batches)
     val_loss = evaluate(train_model, data.val_tokens, seq_len, train_cfg, machine, bos_id)
     train_loss, tokens_per_sec = state.close_interval()
@@ -162,6 +177,7 @@ def evaluate_and_log(state: RunState, result, train_model, model, data, bos_id: 
                mfu=round(tokens_per_sec * mfu_per_token_s, 5))
     if machine.is_main:
         log.append(row)
+        tracker.log(row)
     improved = val_loss < state.best_val
     if improved:
         state.best_val = val_loss

@@ -4,6 +4,8 @@ The float64 version written out by hand is modules/reference.py `mlp`; the tests
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,8 @@ from modules.logging import LoggingModule, log_io
 
 # config.MLP_NONLINEARITIES name -> function. A new one: its name there, its function here (F.mish, or one
 # you define above), and its written-out form in modules/reference.py ACTIVATIONS.
-ACTIVATIONS = {"GeLU": F.gelu, "SiLU": F.silu, "ReLU": F.relu}
+ACTIVATIONS = {"GeLU": F.gelu, "SiLU": F.silu, "ReLU": F.relu,
+               "GeLU_tanh": functools.partial(F.gelu, approximate="tanh")}  # GPT-2's, so its weights run exactly
 
 
 def activation(name: str):

@@ -23,6 +23,7 @@ ACTIVATIONS = {
     "GeLU": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),  # x * P(N(0,1) < x), exact (not tanh)
     "SiLU": lambda x: x / (1 + torch.exp(-x)),                       # x * sigmoid(x)
     "ReLU": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
+    "GeLU_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),  # GPT-2
 }
 
 

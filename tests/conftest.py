@@ -28,3 +28,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def trained_dir(tmp_path, monkeypatch) -> Path:
+    """A private trained/ for the runs a test makes (training/runs.py reads the variable at every call)."""
+    path = tmp_path / "trained"
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
+    return path

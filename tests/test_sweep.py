@@ -68,7 +68,7 @@ def test_list_form_changes_several_fields_and_combines_with_a_grid():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--grid=qk_nrom=false,true"], "unknown config field 'qk_nrom'. Did you mean: qk_norm?"),
+    (["--grid=qk_nrom=false,true"], "unknown config field 'qk_nrom'. Did you mean: qk_norm"),
     (["--variant=a:", "--variant=b:mlp_nonlinarity=SiLU"], "Did you mean: mlp_nonlinearity"),
     (["--grid=qk_norm=false,maybe"], "--qk_norm='maybe' is not a valid bool"),
     (["--grid=head_dim=16,15"], "head_dim=15 is invalid: RoPE rotates pairs"),
