@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import os
 import re
+import sys
 import types
 import typing
 
@@ -187,7 +189,7 @@ def print_help_if_asked(overrides: dict, usage: str, sections: list[tuple[str, t
         return False
     wanted = overrides[HELP_KEY]
     if wanted.lower() in TRUE_WORDS:
-        print("\n\n".join(part.strip("\n") for part in (usage, describe_fields(sections), extra) if part))
+        _print("\n\n".join(part.strip("\n") for part in (usage, describe_fields(sections), extra) if part))
         return True
     text = describe_fields(sections, only=wanted)
     if not text:
@@ -195,8 +197,16 @@ def print_help_if_asked(overrides: dict, usage: str, sections: list[tuple[str, t
         close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.5)
         raise UsageError(f"--help={wanted}: no such option." +
                          (f" Did you mean: {', '.join(close)}?" if close else " Try --help for all of them."))
-    print(text)
+    _print(text)
     return True
+
+
+def _print(text: str) -> None:
+    """print, quietly stopping when the reader has gone (`--help | head`)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
 
 
 # --- configs from presets, saved runs and --key=value strings ---------------------------------------------

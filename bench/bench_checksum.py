@@ -12,13 +12,16 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import cpu_busy_s, cpu_name  # noqa: E402
+from bench.options import parse_options  # noqa: E402
 from fileio import file_checksum  # noqa: E402
 from training.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint,  # noqa: E402
                                  tensors_checksum)
@@ -61,9 +64,18 @@ def checksums_alone(folder: Path, model, state) -> list[tuple[float, float]]:
     return [timed(work), (0.0, 0.0)]
 
 
-def main(argv: list[str]) -> None:
-    opts = dict(a[2:].split("=", 1) for a in argv)
-    params, rounds = float(opts.get("params", 100e6)), int(opts.get("rounds", 3))
+@dataclass
+class ChecksumBenchOptions:
+    params: float = 100e6       # parameters of the model whose checkpoint is written and read
+    rounds: int = 3             # alternating rounds of plain / checked / CRC alone
+    dir: Optional[str] = None   # where the checkpoints are written (default: the system's temp folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(ChecksumBenchOptions, argv, __doc__)
+    if isinstance(options, int):
+        return options
+    params, rounds = options.params, options.rounds
     torch.set_num_threads(1)
     model, state = model_and_state(params)
     n = sum(p.numel() for p in model.parameters())
@@ -72,7 +84,7 @@ def main(argv: list[str]) -> None:
     busy0, wall0 = cpu_busy_s(), time.perf_counter()
     for _ in range(rounds):
         for name, fn in kinds.items():
-            with tempfile.TemporaryDirectory(dir=opts.get("dir")) as folder:
+            with tempfile.TemporaryDirectory(dir=options.dir) as folder:
                 times[name].append(fn(Path(folder), model, state))
     load = (cpu_busy_s() - busy0) / (time.perf_counter() - wall0)
     print(f"{n / 1e6:.0f}M parameters + AdamW state ({n * 12 / 1e9:.1f} GB), {rounds} alternating rounds, "
@@ -88,7 +100,8 @@ def main(argv: list[str]) -> None:
         ratio = statistics.median(sum(c[i][j] for i in (0, 1)) / sum(p[i][j] for i in (0, 1))
                                   for c, p in zip(times["checked"], times["plain"]))
         print(f"  checked / plain, save + load, {what}: {ratio:.2f}x (median of the rounds' ratios)")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
