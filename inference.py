@@ -32,7 +32,7 @@ class RunOptions:
     """Where to run, and what to print."""
     # --- run ---
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bfloat16 where it is faster and safe, else float32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bfloat16 on GPUs that have it; float32 on CPUs) | float32 | bfloat16
     show_tokens: bool = False  # also print each continuation split into tokens
 
     def __post_init__(self):
@@ -91,10 +91,16 @@ def parse_args(argv: list[str]):
 def run(model_name: str, prompts: list[str], sampling: SamplingConfig, options: GenerationConfig,
         run_options: RunOptions) -> None:
     import tools
+    import torch
+
     from training.device import autocast, pick_device, pick_dtype
 
     device = pick_device(run_options.device)
-    dtype = pick_dtype(run_options.dtype, device)
+    # On a CPU, decoding multiplies one token's vector by each matrix: autocast's casts cost more than bf16
+    # saves (llama3_atto, batch 1 and 8: 0.53x float32's tokens/s, bench/README.md), unlike training's large
+    # matmuls, for which training/device.py's probe may pick bf16.
+    auto_cpu = run_options.dtype == "auto" and device.type == "cpu"
+    dtype = torch.float32 if auto_cpu else pick_dtype(run_options.dtype, device)
     model, tokenizer, model_cfg, _ = tools.load_model(model_name, device)
     ctx = model_cfg.max_seq_len
     for i, p in enumerate(prompts, 1):

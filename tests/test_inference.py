@@ -457,3 +457,15 @@ def test_decode_step_logits_equal_the_full_forward(variant):
         cache.start_static_writes()
         got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,autocast_on", [("auto", False), ("float32", False), ("bfloat16", True)])
+def test_cli_decodes_in_float32_on_cpu_unless_asked(run_dir, monkeypatch, dtype, autocast_on):
+    """dtype=auto is float32 for CPU decoding: one-token steps gain nothing from bf16 casts (bench/README.md)."""
+    seen = []
+    real_generate = inference.generate
+    monkeypatch.setattr(inference, "generate",
+                        lambda *a, **kw: seen.append(torch.is_autocast_enabled("cpu")) or real_generate(*a, **kw))
+    code, _, err = cli(run_dir, "Hi", "--temperature=0", "--max_new_tokens=2", "--device=cpu", f"--dtype={dtype}")
+    assert code == 0, err
+    assert seen == [autocast_on]
