@@ -2,15 +2,16 @@
 optimizer, schedule). Presets are named sets of overrides; `--key=value` on the command line overrides
 any field. Every field is validated in __post_init__ with a ValueError that names it.
 
-This file imports nothing from the rest of the project: everything else reads it.
+This file imports only validation.py (the generic field checks): everything else reads it.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, fields
 from typing import Optional
+
+from validation import Validated, renamed as _renamed
 
 # Allowed values. Each model-side name also needs its code: a table in modules/ (NORMS in norm.py, ACTIVATIONS
 # in mlp.py, POSITION_ENCODINGS in positional.py) and a written-out twin in modules/reference.py; a name
@@ -44,58 +45,11 @@ RENAMED_FIELDS: dict[str, str] = {
 
 def renamed(values: dict, known: set[str], where: str) -> dict:
     """`values` with old field names replaced by their new ones; a name `known` does not hold is an error."""
-    out = {}
-    for key, value in values.items():
-        new = RENAMED_FIELDS.get(key, key)
-        if new not in known:
-            raise ValueError(f"{where} has no field {key!r}")
-        if new in out:
-            raise ValueError(f"{where}: {key!r} and {new!r} are the same field (renamed): give one of them")
-        out[new] = value
-    return out
+    return _renamed(values, known, where, RENAMED_FIELDS)
 
 
-class _Validated:
-    """Shared checks: each raises ValueError naming the field, the bad value and what is allowed."""
-
-    def _fail(self, name: str, allowed: str) -> None:
-        raise ValueError(
-            f"{type(self).__name__}.{name}={getattr(self, name)!r} is invalid: {allowed}")
-
-    def _choice(self, name: str, options: tuple) -> None:
-        if getattr(self, name) not in options:
-            self._fail(name, f"allowed values are {', '.join(map(repr, options))}")
-
-    def _int(self, name: str, minimum: int = 1, optional: bool = False) -> None:
-        v = getattr(self, name)
-        if optional and v is None:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self._fail(name, f"must be an integer >= {minimum}" + (" or None" if optional else ""))
-
-    def _float(self, name: str, lo: float = 0.0, hi: float = math.inf, lo_open: bool = False,
-               optional: bool = False) -> None:
-        v = getattr(self, name)
-        if optional and v is None:
-            return
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
-        if not ok:
-            bracket = "(" if lo_open else "["
-            self._fail(name, f"must be a number in {bracket}{lo}, {hi}]" + (" or None" if optional else ""))
-
-    def _bool(self, name: str) -> None:
-        if not isinstance(getattr(self, name), bool):
-            self._fail(name, "must be True or False")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict):
-        """Build from saved values (a run's JSON): old field names are mapped through RENAMED_FIELDS, so runs
-        saved before a rename still load; an unknown name is a ValueError naming it."""
-        return cls(**renamed(values, {f.name for f in fields(cls)}, cls.__name__))
+class _Validated(Validated):
+    RENAMES = RENAMED_FIELDS
 
 
 @dataclass
