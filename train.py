@@ -37,7 +37,7 @@ from training.progress import Progress
 from training.resume import check_run_folder, restore, save_best_weights, save_resumable
 from training.run_log import RunLog
 from training.run_state import RunState
-from training.setup import TrainingError, build_model, load_data, prepare_training, set_up
+from training.setup import TrainingError, build_model, choose_cpu_threads, load_data, prepare_training, set_up
 from training.step import NonFiniteStep, train_step
 from training.trackers import Tracker, make_tracker
 
@@ -97,6 +97,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
     resume=True, replaced only with overwrite=True, and otherwise refused."""
     run_dir = Path(run_dir)
     machine = set_up(train_cfg)
+    choose_cpu_threads(machine)
     lock = runs.RunLock(run_dir) if machine.is_main else contextlib.nullcontext()
     try:
         with lock:  # one process per run folder, for the whole run

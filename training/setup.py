@@ -51,11 +51,16 @@ def set_up(train_cfg: TrainConfig) -> Machine:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
     dtype, why = dtype_choice(train_cfg.dtype, device)
-    if device.type == "cpu":
-        threads, threads_why = cpu_threads_choice()
-        torch.set_num_threads(threads)
-        why += f"; threads: {threads_why}"
     return Machine(device, dtype, info, why)
+
+
+def choose_cpu_threads(machine: Machine) -> None:
+    """On a CPU, train with the cores other processes leave free (training/device.py), and say so. train.py
+    calls it; benchmarks and tests that set their own thread count do not."""
+    if machine.device.type == "cpu":
+        threads, why = cpu_threads_choice()
+        torch.set_num_threads(threads)
+        machine.dtype_reason += f"; threads: {why}"
 
 
 @dataclass
