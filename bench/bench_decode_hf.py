@@ -42,44 +42,20 @@ class DecodeBenchOptions:
 
 
 def to_transformers(model):
-    """Our Llama-style Model as a transformers LlamaForCausalLM with the same weights (float32, eval)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Our model as a transformers model with the same weights (float32, eval), through the same mapping as
+    export_hf.py (interop/): a ValueError names any option transformers cannot express."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from interop.architectures import for_export
     cfg = model.cfg
-    unsupported = dict(pos_enc_type=cfg.pos_enc_type != "RoPE", norm_type=cfg.norm_type != "RMSNorm",
-                       mlp=not (cfg.mlp_gated and cfg.mlp_nonlinearity == "SiLU"), linear_bias=cfg.linear_bias,
-                       norm_bias=cfg.norm_bias, qk_norm=cfg.qk_norm, sliding_window=cfg.sliding_window is not None,
-                       logit_softcap=cfg.logit_softcap is not None, post_sublayer_norm=cfg.post_sublayer_norm,
-                       scale_embeddings=cfg.scale_embeddings, norm_affine=not cfg.norm_affine)
-    if any(unsupported.values()):
-        raise ValueError("not a Llama architecture transformers can run as LlamaForCausalLM: "
-                         + ", ".join(k for k, v in unsupported.items() if v))
-    D = cfg.head_dim
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_len, hidden_size=cfg.dim, intermediate_size=cfg.mlp_hidden_dim,
-                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_q_heads,
-                         num_key_value_heads=cfg.num_kv_heads, head_dim=D, max_position_embeddings=cfg.max_seq_len,
-                         rms_norm_eps=cfg.eps, rope_theta=cfg.theta, tie_word_embeddings=cfg.tie_embeddings,
-                         attention_bias=False, mlp_bias=False)
-    # ours rotates pairs (x[2i], x[2i+1]); transformers rotates (x[i], x[i + D/2]): reorder each head's rows
-    order = torch.cat([torch.arange(0, D, 2), torch.arange(1, D, 2)])
-
-    def rotate_half_rows(w, heads):
-        return w.view(heads, D, -1)[:, order].reshape(heads * D, -1)
-
-    weights = {"model.embed_tokens.weight": model.token_embedding.weight, "model.norm.weight": model.final_norm.weight,
-               "lm_head.weight": model.lm_head.weight}
-    for i, layer in enumerate(model.layers):
-        q, k, v = layer.attn.qkv.weight.split(layer.attn.split_sizes)
-        gate, up = layer.mlp.up.weight.chunk(2)  # our MLP computes act(gate) * value from one matmul
-        weights |= {f"model.layers.{i}.{name}": w for name, w in {
-            "self_attn.q_proj.weight": rotate_half_rows(q, cfg.num_q_heads),
-            "self_attn.k_proj.weight": rotate_half_rows(k, cfg.num_kv_heads),
-            "self_attn.v_proj.weight": v, "self_attn.o_proj.weight": layer.attn.out.weight,
-            "mlp.gate_proj.weight": gate, "mlp.up_proj.weight": up, "mlp.down_proj.weight": layer.mlp.down.weight,
-            "input_layernorm.weight": layer.attn_norm.weight,
-            "post_attention_layernorm.weight": layer.mlp_norm.weight}.items()}
-    hf = LlamaForCausalLM(hf_cfg)
-    hf.load_state_dict({k: w.detach().clone() for k, w in weights.items()}, strict=True)
-    return hf.eval()
+    arch = for_export(cfg)
+    config = arch.hf_config(cfg)
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    missing, unexpected = hf.load_state_dict(arch.to_hf(cfg, model.state_dict()), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:  # a tied output weight is the embedding's
+        raise ValueError(f"weights do not match {type(hf).__name__}: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.float().eval()
 
 
 def variants(model, new_tokens: int):

@@ -26,7 +26,7 @@ from config import ModelConfig, TrainConfig
 from data.pretokenize import load_tokens
 from data.tokenizer import get_tokenizer
 from training import checkpoint, runs
-from training.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint, save_weights
+from training.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from training.runs import RunLock, RunLockedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

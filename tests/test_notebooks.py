@@ -53,6 +53,11 @@ def test_view_modules_notebook():
         "small = Model(": ["in  cache: KVCache(", "length=5", "in  k: Tensor(2, 2, 6, 8)",
                            "in  mask: Tensor(2, 1, 1, 6) bool cpu 6/12 True", "cache now holds 6 positions"],
     }
+    for snippet, lines in expected.items():
+        text = cell_running(snippet)
+        assert shape_line.search(text), (snippet, text)
+        for line in lines:
+            assert line in text, (snippet, line, text)
     # the LR schedule cell draws a figure; the tokenizer cell splits words
     lr_cell = next(c for c in code if "tools.lr_schedule" in c.source)
     assert any("image/png" in o.get("data", {}) for o in lr_cell.outputs)
