@@ -1,9 +1,7 @@
 """What every benchmark line records about the machine it ran on."""
 from __future__ import annotations
 
-import os
-
-from training.device import cpu_flags, cpu_model
+from training.device import cpu_busy_seconds, cpu_flags, cpu_model
 
 # the instruction sets that decide CPU matmul speed, and so whether bfloat16 pays (see training/device.py)
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -21,10 +19,5 @@ def cpu_features() -> str:
 
 
 def cpu_busy_s() -> float:
-    """CPU-seconds all processes have been busy (Linux /proc/stat): to tell whether others ran meanwhile."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return float("nan")
+    """CPU-seconds all processes have been busy (Linux): to tell whether others ran meanwhile."""
+    return cpu_busy_seconds()

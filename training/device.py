@@ -113,21 +113,21 @@ def _store_probe(key: str, speedup: float) -> None:
         pass  # a read-only home only costs a probe per process
 
 
-def busy_cores(seconds: float = 0.1) -> float:
-    """How many cores all processes kept busy over the next `seconds` (Linux /proc/stat; NaN elsewhere)."""
-    def sample() -> tuple[float, float]:
+def cpu_busy_seconds() -> float:
+    """CPU-seconds all processes have kept this machine busy since boot (Linux /proc/stat; NaN elsewhere)."""
+    try:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + v[4]  # idle + iowait
-        return sum(v[:8]) - idle, sum(v[:8])
-    try:
-        busy0, total0 = sample()
-        time.sleep(seconds)
-        busy1, total1 = sample()
+        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
     except (OSError, ValueError, IndexError):
         return math.nan
-    cores = os.cpu_count() or 1
-    return cores * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def busy_cores(seconds: float = 0.1) -> float:
+    """How many cores all processes kept busy over the next `seconds` (NaN where /proc/stat is missing)."""
+    start = cpu_busy_seconds()
+    time.sleep(seconds)
+    return (cpu_busy_seconds() - start) / seconds
 
 
 def cpu_threads_choice() -> tuple[int, str]:
