@@ -2,7 +2,7 @@
 optimizer, schedule). Presets are named sets of overrides; `--key=value` on the command line overrides
 any field. Every field is validated in __post_init__ with a ValueError that names it.
 
-This file imports only validation.py (the generic field checks): everything else reads it.
+This file imports only machinery/validation.py (the generic field checks): everything else reads it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from validation import Validated, renamed as _renamed
+from machinery.validation import Validated
+from machinery.validation import renamed as _renamed
 
 # Allowed values. Each model-side name also needs its code: a table in modules/ (NORMS in norm.py, ACTIVATIONS
 # in mlp.py, POSITION_ENCODINGS in positional.py) and a written-out twin in modules/reference.py; a name

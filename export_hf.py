@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from cli import UsageError, parse_bool, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, parse_bool, print_help_if_asked, reject_unknown, split_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         reject_unknown(overrides, extra=("overwrite",))
         if len(positional) != 2:
             raise UsageError(f"give a run and an output folder: python export_hf.py RUN OUT_DIR (got {positional})")
-        from interop.export import export_run
+        from machinery.interop.export import export_run
         out = export_run(positional[0], positional[1], overwrite=overwrite)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Generate text from a trained model: the command line over generation/.
+"""Generate text from a trained model: the command line over machinery/generation/.
 
 usage: python inference.py MODEL "prompt" ["prompt" ...] [--key=value ...]
   MODEL   a folder name in trained/, or a path to a run folder
@@ -8,7 +8,7 @@ usage: python inference.py MODEL "prompt" ["prompt" ...] [--key=value ...]
 
 From Python:
 
-    from generation import GenerationConfig, SamplingConfig, generate
+    from machinery.generation import GenerationConfig, SamplingConfig, generate
     texts = generate(model, tokenizer, ["Once upon a time", "The dog"], SamplingConfig(temperature=0),
                      GenerationConfig(max_new_tokens=50))
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from cli import UsageError, build, parse_typed, print_help_if_asked, reject_unknown, split_args
-from generation import GenerationConfig, SamplingConfig, generate
+from machinery.cli import UsageError, build, parse_typed, print_help_if_asked, reject_unknown, split_args
+from machinery.generation import GenerationConfig, SamplingConfig, generate
 
 # old flag -> option: command lines written for earlier versions keep working
 ALIASES = {"temp": "temperature", "max_len": "max_new_tokens"}
@@ -90,15 +90,15 @@ def parse_args(argv: list[str]):
 
 def run(model_name: str, prompts: list[str], sampling: SamplingConfig, options: GenerationConfig,
         run_options: RunOptions) -> None:
-    import tools
     import torch
 
-    from training.device import autocast, pick_device, pick_dtype
+    import tools
+    from machinery.run.device import autocast, pick_device, pick_dtype
 
     device = pick_device(run_options.device)
     # On a CPU, decoding multiplies one token's vector by each matrix: autocast's casts cost more than bf16
     # saves (llama3_atto, batch 1 and 8: 0.53x float32's tokens/s, bench/README.md), unlike training's large
-    # matmuls, for which training/device.py's probe may pick bf16.
+    # matmuls, for which machinery/run/device.py's probe may pick bf16.
     auto_cpu = run_options.dtype == "auto" and device.type == "cpu"
     dtype = torch.float32 if auto_cpu else pick_dtype(run_options.dtype, device)
     model, tokenizer, model_cfg, _ = tools.load_model(model_name, device)

@@ -1,6 +1,6 @@
 """Compare trained runs: loss curves from their logs, and an evaluation of their weights on the same texts.
 
-    python model_comparison.py gpt2_atto llama3_atto --out comparison/
+    python model_comparison.py gpt2_atto llama3_atto --out machinery/comparison/
 
 From Python (and model_comparison.ipynb):
 
@@ -12,7 +12,7 @@ From Python (and model_comparison.ipynb):
 
 The curves need only each run's log_data.csv. Bits per byte and top-k accuracy need validation text: the
 TinyStories stories bundled in data/samples by default, any file or dataset with --val_data; when none can
-be read they are left out with a note. The pieces live in comparison/.
+be read they are left out with a note. The pieces live in machinery/comparison/.
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
-from cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
-from comparison.metrics import bits_per_byte, topk_accuracy
-from comparison.plots import X_AXES, plot_losses, plot_metric, plot_topk
-from comparison.report import evaluate_run, log_summary, summary_table, to_markdown
-from comparison.runs import Run, config_differences, load_run, load_runs
-from comparison.texts import DEFAULT_VAL_DATA, load_texts
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
+from machinery.comparison.metrics import bits_per_byte, topk_accuracy
+from machinery.comparison.plots import X_AXES, plot_losses, plot_metric, plot_topk
+from machinery.comparison.report import evaluate_run, log_summary, summary_table, to_markdown
+from machinery.comparison.runs import Run, config_differences, load_run, load_runs
+from machinery.comparison.texts import DEFAULT_VAL_DATA, load_texts
 
 __all__ = ["Run", "load_run", "load_runs", "config_differences", "plot_metric", "plot_losses", "plot_topk",
            "X_AXES", "load_texts", "DEFAULT_VAL_DATA", "bits_per_byte", "topk_accuracy", "evaluate_run",
@@ -104,7 +104,8 @@ def _texts_or_note(options: ComparisonOptions) -> tuple[list[str] | None, str | 
 
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
-    from training.checkpoint import atomic_write
+
+    from machinery.fileio import atomic_write
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
@@ -112,11 +113,11 @@ def _save(fig, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith("--sweep=") for a in argv):  # a sweep's report (see sweep.py)
-        from experiments.report import main as sweep_report
+        from machinery.sweeps.report import main as sweep_report
         return sweep_report(argv)
     import matplotlib
     matplotlib.use("Agg")  # files only: works without a display
-    from training.checkpoint import write_text
+    from machinery.fileio import write_text
 
     try:
         parsed = parse_args(argv)

@@ -11,11 +11,11 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from cli import UsageError, build, print_help_if_asked, split_args
-from experiments.definition import Sweep, saved_mismatches
-from experiments.grid import parse_grid, parse_variant
-from experiments.report import DEFAULT_BPB_TEXTS, write_report
-from experiments.runner import run_all, run_state, slots, trained_dir
+from machinery.cli import UsageError, build, print_help_if_asked, split_args
+from machinery.sweeps.definition import Sweep, saved_mismatches
+from machinery.sweeps.grid import parse_grid, parse_variant
+from machinery.sweeps.report import DEFAULT_BPB_TEXTS, write_report
+from machinery.sweeps.runner import run_all, run_state, slots, trained_dir
 
 USAGE = __doc__.strip() + """
 
@@ -99,7 +99,7 @@ def check_against_saved(sweep: Sweep) -> None:
 
 def run(options: SweepOptions, sweep: Sweep) -> list:
     """Train what is missing (or, with --overwrite, everything) and write the report; returns the failures."""
-    from training.checkpoint import write_json
+    from machinery.fileio import write_json
     plans = sweep.runs  # builds every run's configs: a bad field or value fails here, before any run
     if not options.overwrite:
         check_against_saved(sweep)

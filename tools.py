@@ -2,7 +2,7 @@
 
     model, tokenizer, model_cfg, train_cfg = tools.load_model("llama3_atto")
 
-Run folders themselves (finding, describing, locking) live in training/runs.py; they are re-exported here.
+Run folders themselves (finding, describing, locking) live in machinery/run/runs.py; they are re-exported here.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from config import TrainConfig
-from training.runs import ROOT, list_runs, load_configs, resolve_run, trained_dir  # noqa: F401 (re-exported)
+from machinery.run.runs import ROOT, list_runs, load_configs, resolve_run, trained_dir  # noqa: F401 (re-exported)
 from training.schedule import lr_at
 
 TRAINED_DIR = trained_dir()  # where runs live when this was imported; training.runs.trained_dir() reads it live
@@ -20,8 +20,8 @@ __all__ = ["get_tokenizer", "list_runs", "resolve_run", "load_configs", "load_mo
 
 
 def get_tokenizer(name: str, vocab_len: int | None = None):
-    """A tokenizer from tokenizers/<name>; see data/tokenizer.py."""
-    from data.tokenizer import get_tokenizer as _get
+    """A tokenizer from tokenizers/<name>; see machinery/data/tokenizer.py."""
+    from machinery.data.tokenizer import get_tokenizer as _get
     return _get(name, vocab_len)
 
 
@@ -32,8 +32,8 @@ def lr_schedule(cfg: TrainConfig) -> list[float]:
 
 def load_model(name_or_path: str | Path, device: str | torch.device | None = None):
     """Load a trained run in eval mode: returns (model, tokenizer, model_cfg, train_cfg)."""
+    from machinery.run.weights import load_weights
     from modules.model import Model
-    from training.checkpoint import load_weights
 
     run_dir = resolve_run(name_or_path)
     model_cfg, train_cfg = load_configs(run_dir)

@@ -24,22 +24,21 @@ from pathlib import Path
 
 import torch
 
-from cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
-from data.sources import HubUnreachableError
-from data.tokenizer import get_tokenizer
-from training import distributed, runs
-from training.checkpoint import latest_checkpoint, load_checkpoint
-from training.curves import plot_training_curves
-from training.device import peak_flops
+from machinery.cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
+from machinery.data.sources import HubUnreachableError
+from machinery.data.tokenizer import get_tokenizer
+from machinery.run import distributed, runs
+from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
+from machinery.run.curves import plot_training_curves
+from machinery.run.device import peak_flops
+from machinery.run.progress import Progress
+from machinery.run.run_log import RunLog
+from machinery.run.run_state import RunState
+from machinery.run.setup import TrainingError, build_model, choose_cpu_threads, load_data, prepare_training, set_up
+from machinery.run.trackers import Tracker, make_tracker
 from training.evaluate import evaluate
-from training.progress import Progress
-from training.resume import check_run_folder, restore, save_best_weights, save_resumable
-from training.run_log import RunLog
-from training.run_state import RunState
-from training.setup import TrainingError, build_model, choose_cpu_threads, load_data, prepare_training, set_up
 from training.step import NonFiniteStep, train_step
-from training.trackers import Tracker, make_tracker
 
 RUN_FLAGS = """Run options (not saved with the run):
     --preset=NAME       start from a named set of settings (below)
@@ -78,7 +77,7 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
             base[1]["model_name"] = None  # a new run needs its own name
     model_cfg, train_cfg = build_configs(overrides, preset, base)
     if train_cfg.init_from is not None and not resume:  # the architecture is the source's
-        from interop import init_from
+        from machinery.interop import init_from
         given = set(overrides) | set(PRESETS.get(preset, {})) | set(base[0] if base else {})
         given = {RENAMED_FIELDS.get(k, k) for k in given} & MODEL_FIELDS
         model_cfg = init_from.model_config(train_cfg.init_from, {k: getattr(model_cfg, k) for k in given})
@@ -107,14 +106,14 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
 
 
 def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> dict:
-    checkpoint = check_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite)  # refusals change nothing
+    checkpoint = runs.check_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite)  # refusals change nothing
     tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
     tracker = make_tracker(train_cfg.tracker) if machine.is_main else Tracker()  # a missing package fails early
     data = load_data(model_cfg, train_cfg, machine, tokenizer)
     model = build_model(model_cfg, train_cfg, machine)
     saved = load_checkpoint(checkpoint, model) if checkpoint else None  # weights before sharding
     if saved is None and train_cfg.init_from is not None:
-        from interop import init_from
+        from machinery.interop import init_from
         init_from.load_weights(model, train_cfg.init_from)
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)

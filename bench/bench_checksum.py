@@ -1,5 +1,5 @@
 """What checksums cost: a checkpoint of a ~100M-parameter model (weights + AdamW state, ~1.2 GB) written and
-read back with training/checkpoint.py (CRC-32 recorded, fsync, verified on load) versus plain safetensors +
+read back with machinery/run/checkpoint.py (CRC-32 recorded, fsync, verified on load) versus plain safetensors +
 torch.save / load, and the CRC-32 work alone. They alternate in one process, so a busy machine slows all
 alike; CPU time is reported beside wall time because it varies less when other processes compete.
 
@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import cpu_busy_s, cpu_name  # noqa: E402
 from bench.options import parse_options  # noqa: E402
-from fileio import file_checksum  # noqa: E402
-from training.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint,  # noqa: E402
-                                 tensors_checksum)
+from machinery.fileio import file_checksum  # noqa: E402
+from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from machinery.run.weights import tensors_checksum  # noqa: E402
 
 SIDE = 2048  # tensors of SIDE x SIDE float32
 

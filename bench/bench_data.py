@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.options import parse_options  # noqa: E402
-from cli import UsageError, build_configs  # noqa: E402
 from config import TrainConfig  # noqa: E402
-from data.batches import TokenBatches  # noqa: E402
-from data.pretokenize import load_tokens  # noqa: E402
-from data.sources import iter_documents  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
+from machinery.cli import UsageError, build_configs  # noqa: E402
+from machinery.data.batches import TokenBatches  # noqa: E402
+from machinery.data.pretokenize import load_tokens  # noqa: E402
+from machinery.data.sources import iter_documents  # noqa: E402
+from machinery.data.tokenizer import get_tokenizer  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples"
 CORPORA = {"tinystories": dict(dataset=str(SAMPLES / "tinystories")),
@@ -80,6 +80,7 @@ def bench_pretokenize(corpus: str, tokenizer, cache_dir: str, repeats: int) -> N
 def measure_step_s(batch_size: int, seq_len: int) -> float:
     """Median time of one forward+backward+AdamW step of llama3_atto on this CPU."""
     import torch
+
     from modules.model import Model
     model_cfg, _ = build_configs({"max_seq_len": seq_len}, preset="llama3_atto")
     model = Model(model_cfg)

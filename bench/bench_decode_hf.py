@@ -43,10 +43,10 @@ class DecodeBenchOptions:
 
 def to_transformers(model):
     """Our model as a transformers model with the same weights (float32, eval), through the same mapping as
-    export_hf.py (interop/): a ValueError names any option transformers cannot express."""
+    export_hf.py (machinery/interop/): a ValueError names any option transformers cannot express."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from interop.architectures import for_export
+    from machinery.interop.architectures import for_export
     cfg = model.cfg
     arch = for_export(cfg)
     config = arch.hf_config(cfg)
@@ -60,7 +60,7 @@ def to_transformers(model):
 
 def variants(model, new_tokens: int):
     """name -> function(rows) returning the new token ids of each row."""
-    from generation import GenerationConfig, SamplingConfig, generate_ids
+    from machinery.generation import GenerationConfig, SamplingConfig, generate_ids
     greedy = SamplingConfig(temperature=0)
 
     def ours(compile_mode):
@@ -83,7 +83,7 @@ def variants(model, new_tokens: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import build, print_help_if_asked, reject_unknown, split_args
+    from machinery.cli import build, print_help_if_asked, reject_unknown, split_args
     overrides, _ = split_args(sys.argv[1:] if argv is None else argv)
     if print_help_if_asked(overrides, usage=__doc__, sections=[("Options", DecodeBenchOptions)]):
         return 0

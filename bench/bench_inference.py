@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-from bench.machine import cpu_features, cpu_name  # noqa: E402
-
 import tools  # noqa: E402
-from cli import build, build_configs, print_help_if_asked, reject_unknown, split_args  # noqa: E402
-from generation import GenerationConfig, SamplingConfig, generate_ids  # noqa: E402
+from bench.machine import cpu_features, cpu_name  # noqa: E402
+from machinery.cli import build, build_configs, print_help_if_asked, reject_unknown, split_args  # noqa: E402
+from machinery.generation import GenerationConfig, SamplingConfig, generate_ids  # noqa: E402
 from modules.model import Model  # noqa: E402
 
 BATCHES = (1, 8)

@@ -24,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_name  # noqa: E402
 from bench.options import parse_options  # noqa: E402
-from cli import UsageError  # noqa: E402
-
-from data.tokenizer import available_tokenizers, get_tokenizer  # noqa: E402
-from data.tokenizer_base import num_cpus  # noqa: E402
+from machinery.cli import UsageError  # noqa: E402
+from machinery.data.tokenizer import available_tokenizers, get_tokenizer  # noqa: E402
+from machinery.data.tokenizer_base import num_cpus  # noqa: E402
 
 SAMPLES = ROOT / "data" / "samples"
 

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.machine import cpu_busy_s  # noqa: E402
-from cli import parse_bool  # noqa: E402
+from machinery.cli import parse_bool  # noqa: E402
 
 BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "no_log_io",
                "compile_mode", "scaling", "compare_eager_compile", "compare_dtypes"}
@@ -141,16 +141,16 @@ class PhaseClock:
 
 
 class TrainStep:
-    """The data, model and optimizers built by train.py's own set-up functions (training/setup.py) for one
+    """The data, model and optimizers built by train.py's own set-up functions (machinery/run/setup.py) for one
     process, and `step()`: training/step.py's train_step, the very function train.py's loop calls."""
 
     def __init__(self, overrides: dict, preset: str | None = None, adamw: str | None = None,
                  no_log_io: bool = False, compile_mode: str | None = None, max_steps: int = 1000):
         import dataclasses
 
-        from cli import build_configs
-        from data.tokenizer import get_tokenizer
-        from training.setup import build_model, load_data, prepare_training, set_up
+        from machinery.cli import build_configs
+        from machinery.data.tokenizer import get_tokenizer
+        from machinery.run.setup import build_model, load_data, prepare_training, set_up
 
         model_cfg, cfg = build_configs(overrides, preset)
         if model_cfg.vocab_len is None:
@@ -201,7 +201,7 @@ class TrainStep:
 def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warmup: int = 10,
               budget_s: float | None = None, **variants) -> dict:
     """Time `steps` optimizer steps of train.py's loop after `warmup` ones; return the result row."""
-    from training.device import peak_flops
+    from machinery.run.device import peak_flops
 
     runner = TrainStep(overrides, preset, max_steps=warmup + max(steps, 3) + 10, **variants)
     cfg, device, dtype = runner.cfg, runner.device, runner.dtype
@@ -381,7 +381,7 @@ def scaling_table(base_args: list[str], preset: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import split_args as parse_cli
+    from machinery.cli import split_args as parse_cli
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

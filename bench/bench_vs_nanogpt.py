@@ -78,7 +78,7 @@ def run_nanogpt(nanogpt_dir: Path, iters: int, threads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import print_help_if_asked, split_args
+    from machinery.cli import print_help_if_asked, split_args
     overrides, _ = split_args(sys.argv[1:] if argv is None else argv)
     if print_help_if_asked(overrides, usage=__doc__, sections=[]):
         return 0

@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import split_args  # noqa: E402
 from config import ModelConfig, TrainConfig  # noqa: E402
+from machinery.cli import split_args  # noqa: E402
 from modules.model import Model  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
 
@@ -39,7 +39,7 @@ VOCAB = 1024
 def sample_tokens() -> torch.Tensor:
     """The bundled TinyStories sample as one token stream (tokenized once into data_cache/)."""
     import tools
-    from data.pretokenize import load_tokens
+    from machinery.data.pretokenize import load_tokens
     cfg = TrainConfig(dataset=str(ROOT / "data" / "samples" / "tinystories"))
     tokens = load_tokens(cfg, tools.get_tokenizer("bpe_tinyStories", VOCAB), "train", show_progress=False)
     return torch.from_numpy(tokens.astype("int64"))

@@ -1,9 +1,9 @@
 """What every benchmark line records about the machine it ran on."""
 from __future__ import annotations
 
-from training.device import cpu_busy_seconds, cpu_flags, cpu_model
+from machinery.run.device import cpu_busy_seconds, cpu_flags, cpu_model
 
-# the instruction sets that decide CPU matmul speed, and so whether bfloat16 pays (see training/device.py)
+# the instruction sets that decide CPU matmul speed, and so whether bfloat16 pays (see machinery/run/device.py)
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli import split_args  # noqa: E402
+from machinery.cli import split_args  # noqa: E402
 
 DEFAULTS = dict(widths="32,64,128,256", lrs=",".join(f"{2.0 ** -e:.6g}" for e in range(11, 3, -1)),
                 seeds="1,2", parametrizations="sp,mup", steps="150", layers="2", seq_len="64", batch="8",
@@ -108,8 +108,8 @@ def best_lrs(table: list[dict]) -> dict:
 
 
 def write_report(table: list[dict], out: Path) -> None:
-    import pandas as pd
     import matplotlib
+    import pandas as pd
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,9 +1,9 @@
-"""A benchmark's command line: its options dataclass parsed by cli.py, with --help written from it."""
+"""A benchmark's command line: its options dataclass parsed by machinery/cli.py, with --help written from it."""
 from __future__ import annotations
 
 import sys
 
-from cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
 
 
 def parse_options(cls, argv: list[str] | None, usage: str):

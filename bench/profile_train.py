@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
 from bench_train import TrainStep  # noqa: E402
-from cli import parse_bool  # noqa: E402
+
+from machinery.cli import parse_bool  # noqa: E402
 
 GROUP_PATTERNS = [  # first match wins; op names lower-cased
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "attention")),
@@ -74,7 +74,8 @@ def group_of(name: str, in_optimizer: bool) -> str:
 
 def profile(runner: TrainStep, steps: int, trace: str | None = None) -> tuple[list, dict, float]:
     """Profile `steps` steps; return (top ops, grouped self time in ms per step, step ms)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
 
     optimizers = runner.optimizers
     original_steps = [opt.step for opt in optimizers]
@@ -181,7 +182,7 @@ def run_py_spy(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import split_args as parse_cli
+    from machinery.cli import split_args as parse_cli
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)

@@ -32,7 +32,7 @@ def one_thread():
 
 @pytest.fixture
 def trained_dir(tmp_path, monkeypatch) -> Path:
-    """A private trained/ for the runs a test makes (training/runs.py reads the variable at every call)."""
+    """A private trained/ for the runs a test makes (machinery/run/runs.py reads the variable at every call)."""
     path = tmp_path / "trained"
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
     return path

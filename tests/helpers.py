@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from training.run_log import TIMING_COLUMNS
+from machinery.run.run_log import TIMING_COLUMNS
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -1,14 +1,23 @@
-"""cli.py: one typed command line for every script, and the help it writes from the dataclasses."""
+"""machinery/cli.py: one typed command line for every script, and the help it writes from the dataclasses."""
 import dataclasses
 from typing import Optional
 
 import pytest
 
-import cli
 import config
-from cli import (UsageError, build, build_configs, describe_fields, parse_bool, parse_value, print_help_if_asked,
-                 reject_unknown, split_args)
 from config import ModelConfig, TrainConfig
+from machinery import cli
+from machinery.cli import (
+    UsageError,
+    build,
+    build_configs,
+    describe_fields,
+    parse_bool,
+    parse_value,
+    print_help_if_asked,
+    reject_unknown,
+    split_args,
+)
 
 
 @dataclasses.dataclass

@@ -14,8 +14,8 @@ from torch import nn
 import model_comparison as mc
 import tools
 from config import ModelConfig, TrainConfig
+from machinery.run.weights import save_weights
 from modules.model import Model
-from training.checkpoint import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_COLUMNS = ["step", "tokens", "elapsed_s", "tokens_per_sec", "train_loss", "val_loss", "perplexity", "lr",

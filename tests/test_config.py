@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli import build_configs
 from config import MLP_NONLINEARITIES, PRESETS, ModelConfig, TrainConfig
+from machinery.cli import build_configs
 from modules import reference
 from modules.mlp import activation
 from modules.model import Model

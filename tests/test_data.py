@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from config import TrainConfig
-from data.batches import TokenBatches, document_ids
-from data.pretokenize import cache_folder, load_tokens
-from data.sources import has_validation_split, iter_documents
+from machinery.data.batches import TokenBatches, document_ids
+from machinery.data.pretokenize import cache_folder, load_tokens
+from machinery.data.sources import has_validation_split, iter_documents
 
 DOCS = [f"Story {i}: the {'big ' * (i % 5)}cat sat on mat number {i}." for i in range(200)]
 
@@ -138,7 +138,7 @@ def test_hub_failures_while_loading(monkeypatch, tmp_path):
     import datasets
     from datasets.exceptions import DatasetNotFoundError
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("data.hub.check_hub_reachable", lambda dataset: None)  # as if online
+    monkeypatch.setattr("machinery.data.hub.check_hub_reachable", lambda dataset: None)  # as if online
     monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, subset=None: ["train"])
     for raised, error, words in ((ConnectionError("Couldn't reach 'a/b' on the Hub (ConnectError)"), RuntimeError,
                                   "could not reach"),
@@ -165,7 +165,7 @@ def test_packing_puts_every_token_in_exactly_one_place(sample_data, tmp_path):
 
 @pytest.mark.parametrize("name, vocab", [("byte", None), ("bpe_tinyStories", 1024)])
 def test_real_tokenizers(sample_data, tmp_path, name, vocab):
-    from data.tokenizer import get_tokenizer
+    from machinery.data.tokenizer import get_tokenizer
     try:
         tok = get_tokenizer(name, vocab)
     except ValueError as e:
@@ -248,7 +248,7 @@ def test_streaming_tokenizes_only_what_is_needed_and_resumes(tmp_path):
 
 
 def test_cache_checksum_follows_appends_and_catches_flipped_tokens(tmp_path):
-    from fileio import CHECKSUM, file_checksum
+    from machinery.fileio import CHECKSUM, file_checksum
     path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     c, tok = cfg(tmp_path, path, streaming=True), ByteStandIn()
     load_tokens(c, tok, "train", max_tokens=1000, show_progress=False)
@@ -264,7 +264,7 @@ def test_cache_checksum_follows_appends_and_catches_flipped_tokens(tmp_path):
 
 
 def test_cache_from_before_checksums_gets_one(tmp_path):
-    from fileio import CHECKSUM
+    from machinery.fileio import CHECKSUM
     path = write_jsonl(tmp_path / "docs.jsonl", DOCS)
     c, tok = cfg(tmp_path, path), ByteStandIn()
     good = np.array(load_tokens(c, tok, "train", show_progress=False))

@@ -1,8 +1,8 @@
-"""training/device.py: dtype='auto' takes bfloat16 on CPUs whose bf16 matmuls are really faster, float32 elsewhere."""
+"""machinery/run/device.py: dtype='auto' takes bfloat16 on CPUs whose bf16 matmuls are really faster, float32 elsewhere."""
 import pytest
 import torch
 
-from training import device as dev
+from machinery.run import device as dev
 
 CPU = torch.device("cpu")
 

@@ -19,15 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-import fileio
 import tools
 import train
 from config import ModelConfig, TrainConfig
-from data.pretokenize import load_tokens
-from data.tokenizer import get_tokenizer
-from training import checkpoint, runs
-from training.checkpoint import latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
-from training.runs import RunLock, RunLockedError
+from machinery import fileio
+from machinery.data.pretokenize import load_tokens
+from machinery.data.tokenizer import get_tokenizer
+from machinery.run import runs, weights
+from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from machinery.run.runs import RunLock, RunLockedError
+from machinery.run.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +131,7 @@ def test_pruning_keeps_checkpoints_not_superseded_by_complete_ones(tmp_path):
 
 
 # --- 4. one training process per run -------------------------------------------------------------------
-HOLDER = ("import sys, time; from training.runs import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+HOLDER = ("import sys, time; from machinery.run.runs import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
           "print('locked', flush=True); time.sleep(120)")
 
 
@@ -314,7 +315,7 @@ def _enospc(*args, **kwargs):
 
 
 FULL_DISK_AT = {  # where the disk fills up: (object, attribute to replace, only when writing this file)
-    "weights": (checkpoint, "save_file", None),
+    "weights": (weights, "save_file", None),
     "checkpoint state": (torch, "save", None),
     "run log": (os, "replace", "log_data.csv"),
     "run description": (os, "replace", "model_config.json"),
@@ -342,7 +343,7 @@ def test_full_disk_is_one_line_and_keeps_the_checkpoints(env, where, monkeypatch
 
 
 def test_full_disk_while_tokenizing_is_one_line(tmp_path, sample_data_module, monkeypatch):
-    import data.pretokenize as pretokenize
+    import machinery.data.pretokenize as pretokenize
 
     def fill_up(self, data):
         with pretokenize.reported_writes(self.path):

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 
 import tools
 import train
+from machinery.run.checkpoint import latest_checkpoint
 from tests.conftest import SAMPLE_DATA
 from tests.test_train import ROOT, data_cache, tiny_args, trained_dir  # noqa: F401 (fixtures)
-from training.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,10 +90,10 @@ def test_non_finite_gradient_is_never_applied_nor_saved(sample_data, data_cache,
 
 
 def test_a_checkpoint_with_non_finite_numbers_is_not_written(tmp_path):
-    from training.distributed import Dist
-    from training.resume import non_finite, save_resumable
-    from training.run_state import RunState
-    from training.setup import Machine, TrainingError
+    from machinery.run.checkpoint import non_finite, save_resumable
+    from machinery.run.distributed import Dist
+    from machinery.run.run_state import RunState
+    from machinery.run.setup import Machine, TrainingError
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -136,7 +136,7 @@ def test_a_live_run_holds_its_folder(sample_data, data_cache, trained_dir, capsy
 # --- 5. the run's description is one unit ------------------------------------------------------------------
 def test_interrupted_start_leaves_no_resumable_half_description(sample_data, data_cache, trained_dir, capsys,
                                                                   monkeypatch):
-    from training import runs
+    from machinery.run import runs
     real_write, written = runs.write_json, []
 
     def killed_after_first_file(path, obj):
@@ -231,7 +231,7 @@ def test_validation_split_smaller_than_a_window_is_reported_first(tmp_path, trai
 
 
 def test_out_of_memory_at_model_build_is_one_line(sample_data, data_cache, trained_dir, capsys, monkeypatch):
-    import training.setup as setup
+    import machinery.run.setup as setup
 
     def no_memory(cfg):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1024.00 GiB")

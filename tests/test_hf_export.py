@@ -10,9 +10,9 @@ import torch
 import export_hf
 import tools
 from config import ModelConfig, TrainConfig
-from interop import tokenizer as hf_tokenizer
-from interop.architectures import for_export
-from training import runs
+from machinery.interop import tokenizer as hf_tokenizer
+from machinery.interop.architectures import for_export
+from machinery.run import runs
 
 transformers = pytest.importorskip("transformers", reason="export tests need transformers (requirements-optional.txt)")
 pytestmark = pytest.mark.usefixtures("one_thread")

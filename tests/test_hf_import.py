@@ -10,8 +10,8 @@ import torch
 
 import tools
 import train
-from interop import hf_import, init_from
-from interop.export import export_run
+from machinery.interop import hf_import, init_from
+from machinery.interop.export import export_run
 from modules.model import Model
 
 transformers = pytest.importorskip("transformers", reason="import tests need transformers (requirements-optional.txt)")
@@ -125,8 +125,8 @@ def test_bad_sources_are_one_line(sample_data, tmp_path, trained_dir, capsys):
                                           norm_affine=False, tie_embeddings=False, num_kv_heads=1)])
 def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_path):
     from config import ModelConfig, TrainConfig
-    from training import runs
-    from training.checkpoint import save_weights
+    from machinery.run import runs
+    from machinery.run.weights import save_weights
     cfg = ModelConfig(dim=32, num_layers=2, num_q_heads=4, max_seq_len=32, tokenizer="byte", vocab_len=259, **changes)
     model = Model(cfg).eval()
     runs.write_description(tmp_path / "run", cfg, TrainConfig())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data import hub, sources
+from machinery.data import hub, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import inference
+import machinery.generation.decode_step as decode_step_module
 import tools
 from config import ModelConfig, TrainConfig
-import generation.decode_step as decode_step_module
-from generation import GenerationConfig, SamplingConfig, generate, generate_ids
-from generation.decode_step import COMPILE_AFTER_STEPS, should_compile
+from machinery.generation import GenerationConfig, SamplingConfig, generate, generate_ids
+from machinery.generation.decode_step import COMPILE_AFTER_STEPS, should_compile
+from machinery.run.weights import save_weights
 from modules.kv_cache import KVCache
 from modules.model import Model
-from training.checkpoint import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = SamplingConfig(temperature=0)

@@ -10,8 +10,8 @@ import torch
 
 import config
 from config import MLP_NONLINEARITIES, NORM_TYPES, POS_ENC_TYPES, ModelConfig
+from machinery.run.weights import load_weights, save_weights
 from modules.model import Model
-from training.checkpoint import load_weights, save_weights
 
 VOCAB = 64
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,9 +4,15 @@ import math
 import pytest
 import torch
 
-from generation.sampling import (SamplingConfig, apply_temperature, filter_logits, min_p_filter, sample,
-                                 top_k_filter, top_p_filter)
-
+from machinery.generation.sampling import (
+    SamplingConfig,
+    apply_temperature,
+    filter_logits,
+    min_p_filter,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,7 +173,7 @@ def test_temperatures_that_would_make_nan_probabilities_are_refused(temperature)
 
 
 def test_the_smallest_allowed_temperature_gives_finite_probabilities():
-    from generation.sampling import MIN_TEMPERATURE
+    from machinery.generation.sampling import MIN_TEMPERATURE
     logits = torch.randn(4, 1000) * 30
     probs = filter_logits(logits, S(MIN_TEMPERATURE)).softmax(-1)
     assert torch.isfinite(probs).all() and torch.equal(probs.argmax(-1), logits.argmax(-1))

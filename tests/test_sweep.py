@@ -1,4 +1,4 @@
-"""sweep.py and experiments/: variants from --grid and --variant, every bad field refused before any run, a
+"""sweep.py and machinery/sweeps/: variants from --grid and --variant, every bad field refused before any run, a
 real sweep killed with kill -9 and completed by re-running it, a failing run reported while the others finish,
 a finished sweep re-run without training, Welch's t-test against a hand computation and R, and the report."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 
 import sweep
 import tools
-from experiments import runner
-from experiments.grid import expand, parse_grid, parse_variant
-from experiments.stats import welch
+from machinery.sweeps import runner
+from machinery.sweeps.grid import expand, parse_grid, parse_variant
+from machinery.sweeps.stats import welch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
@@ -102,7 +102,7 @@ def test_parallel_slots_split_cores_or_give_one_gpu_each(monkeypatch):
 
 
 def test_run_folder_decides_skip_restart_or_start(tmp_path, monkeypatch):
-    from experiments.definition import Sweep
+    from machinery.sweeps.definition import Sweep
     _point_dirs(monkeypatch, tmp_path)
     grid = [parse_grid("qk_norm=false,true")]
     plan = Sweep("s", "llama3_atto", {"max_iters": "4", "warmup_iters": "1"}, grid, [], [0]).runs[1]

@@ -1,5 +1,4 @@
-"""Tokenizers (data/tokenizer.py) and the BPE builder (tokenizers/build_bpe.py)."""
-import importlib.util
+"""Tokenizers (machinery/data/tokenizer.py) and the BPE builder (machinery/data/build_bpe.py)."""
 import json
 import pickle
 import subprocess
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.tokenizer import ByteTokenizer, SentencePieceTokenizer, available_tokenizers, get_tokenizer
+from machinery.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, available_tokenizers, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BPE_SIZES = [512, 1024, 2048]
@@ -142,11 +141,11 @@ def test_default_and_errors():
     with pytest.raises(ValueError) as e:
         get_tokenizer("bpe_tinyStories", 4096)
     assert "[512, 1024, 2048]" in str(e.value)
-    assert ("python tokenizers/build_bpe.py --dataset=data/samples/tinystories --name=bpe_tinyStories "
+    assert ("python machinery/data/build_bpe.py --dataset=data/samples/tinystories --name=bpe_tinyStories "
             "--sizes=512,1024,2048,4096") in str(e.value)
     with pytest.raises(ValueError) as e:
         get_tokenizer("bpe_fineweb-edu", 32768)
-    assert ("python tokenizers/build_bpe.py --dataset=HuggingFaceFW/fineweb-edu --data_subset=sample-10BT "
+    assert ("python machinery/data/build_bpe.py --dataset=HuggingFaceFW/fineweb-edu --data_subset=sample-10BT "
             "--streaming --name=bpe_fineweb-edu --sizes=32768") in str(e.value)
     with pytest.raises(ValueError, match="int or None"):
         get_tokenizer("bpe_tinyStories", "512")
@@ -191,19 +190,17 @@ def test_encode_scales_linearly(name, size, sample_data):
 
 
 def _load_build_bpe():
-    spec = importlib.util.spec_from_file_location("build_bpe", ROOT / "tokenizers" / "build_bpe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from machinery.data import build_bpe
+    return build_bpe
 
 
 def test_build_bpe_end_to_end(tmp_path, sample_data):
-    # A .txt file split on a separator: read by data/sources.py without the `datasets` library (fast).
+    # A .txt file split on a separator: read by machinery/data/sources.py without the `datasets` library (fast).
     stories = _stories(sample_data / "tinystories" / "train.jsonl")[:150]
     data = tmp_path / "stories.txt"
     data.write_text("<|endoftext|>".join(stories), encoding="utf-8")
     out = tmp_path / "bpe_tiny"
-    cmd = [sys.executable, "tokenizers/build_bpe.py", f"--dataset={data}", "--doc_separator=<|endoftext|>",
+    cmd = [sys.executable, "machinery/data/build_bpe.py", f"--dataset={data}", "--doc_separator=<|endoftext|>",
            "--name=bpe_tiny", "--sizes=450,400", f"--out_dir={out}", "--num_threads=2"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import train
+from machinery.run import trackers
+from machinery.run.trackers import make_tracker
 from tests.helpers import read_log
-from training import trackers
-from training.trackers import make_tracker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

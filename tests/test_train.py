@@ -15,8 +15,8 @@ import torch
 
 import tools
 import train
-from training.checkpoint import latest_checkpoint
-from training.run_log import COLUMNS
+from machinery.run.checkpoint import latest_checkpoint
+from machinery.run.run_log import COLUMNS
 from tests.helpers import deterministic, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_ca
     """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one."""
     assert train.main(tiny_args(sample_data, data_cache, name="straight")) == 0
 
-    import training.checkpoint as ckpt
+    import machinery.run.checkpoint as ckpt
     real_save, calls = torch.save, {"n": 0}
 
     def crash_on_second_checkpoint(obj, path, *a, **k):
@@ -254,5 +254,5 @@ def test_old_name_eval_samples_still_loads(tmp_path):
     """Runs saved before eval_samples became eval_batches (the shipped ones) keep loading."""
     model_cfg, train_cfg = tools.load_configs(ROOT / "trained" / "llama3_atto")
     assert train_cfg.eval_batches == json.loads((ROOT / "trained/llama3_atto/train_config.json").read_text())["eval_samples"]
-    from cli import build_configs
+    from machinery.cli import build_configs
     assert build_configs({"eval_samples": "3"})[1].eval_batches == 3

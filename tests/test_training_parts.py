@@ -8,10 +8,10 @@ import torch
 
 import tools
 from config import ModelConfig, TrainConfig
+from machinery.run import device as devices
+from machinery.run.run_log import RunLog
 from modules.model import Model
-from training import device as devices
 from training.optim import build_optimizers, set_lr, split_params
-from training.run_log import RunLog
 from training.schedule import lr_at
 
 
@@ -125,7 +125,7 @@ def test_run_state_saves_and_restores_whole(tmp_path):
     """Every field survives a checkpoint round trip through torch.load(weights_only=True)."""
     import dataclasses
 
-    from training.run_state import RunState
+    from machinery.run.run_state import RunState
     state = RunState(step=7, tokens=896, elapsed_s=1.5, best_val=2.25, interval_steps=3, interval_tokens=384,
                      interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
     state.add_step(torch.tensor(2.0), tokens=128, seconds=0.25)

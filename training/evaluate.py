@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from config import TrainConfig
-from data.batches import TokenBatches
-from training import distributed
-from training.device import autocast
+from machinery.data.batches import TokenBatches
+from machinery.run import distributed
+from machinery.run.device import autocast
 
 
 @torch.no_grad()

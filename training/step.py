@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from config import TrainConfig
-from training import distributed
-from training.device import autocast
+from machinery.run import distributed
+from machinery.run.device import autocast
 from training.optim import set_lr
 from training.schedule import lr_at
 

@@ -1,1 +1,0 @@
-"""Data layer: tokenizers (data/tokenizer.py), document sources, pre-tokenization and batching."""

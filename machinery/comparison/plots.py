@@ -1,0 +1,104 @@
+"""Plots of the runs' logs and evaluations. Legends sit outside the axes so they never cover a curve;
+large numbers on an axis are written with SI prefixes (1.5 M tokens, 20 T FLOPs) and few ticks."""
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from machinery.comparison.runs import as_runs
+
+X_AXES = {"step": "step", "tokens": "training tokens", "elapsed_s": "wall time (s)", "flops": "training FLOPs"}
+SI_AXES = ("tokens", "flops")  # axes whose values run into millions and more
+
+
+def _new_ax(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    return ax
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of the axes, top-aligned: beside the curves, never on them."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _format_x(ax, x: str, logx: bool) -> None:
+    if logx:
+        ax.set_xscale("log")
+        # majors at 1, 2 and 5 per decade, thinned to at most 6 labels; no labels on minor ticks
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    if x in SI_AXES:
+        ax.xaxis.set_major_formatter(EngFormatter(sep="\N{THIN SPACE}"))
+
+
+def plot_metric(runs, column: str = "val_loss", x: str = "step", logx: bool = False, logy: bool = False,
+                smooth: float = 0, ax=None, legend: bool = True):
+    """One line per run of a log column against x ('step', 'tokens', 'elapsed_s' or 'flops' =
+    tokens * the model's training FLOPs per token). smooth in [0, 1): exponential moving average weight
+    of the past (0 = raw). Returns the matplotlib Axes."""
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r} is not one of {', '.join(X_AXES)}")
+    if not 0 <= smooth < 1:
+        raise ValueError(f"smooth={smooth} must be in [0, 1)")
+    runs = as_runs(runs)
+    for name, run in runs.items():  # check every run before drawing anything
+        missing = [c for c in (column, "tokens" if x == "flops" else x) if c not in run.log.columns]
+        if missing:
+            raise ValueError(f"run {name}: log_data.csv has no column {missing[0]!r}; "
+                             f"columns: {', '.join(run.log.columns)}")
+    ax = _new_ax(ax)
+    for name, run in runs.items():
+        log = run.log
+        xs = log["tokens"] * run.flops_per_token if x == "flops" else log[x]
+        ys = log[column].astype(float)
+        keep = ys.notna() & xs.notna()
+        xs, ys = xs[keep], ys[keep]
+        if smooth:
+            ys = ys.ewm(alpha=1 - smooth).mean()
+        ax.plot(xs, ys, label=name, marker="." if len(ys) < 30 else None)
+    ax.set_xlabel(X_AXES[x])
+    ax.set_ylabel(column)
+    ax.set_title(f"{column} vs {X_AXES[x]}")
+    _format_x(ax, x, logx)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if runs and legend:
+        _legend_outside(ax)
+    return ax
+
+
+def plot_losses(runs, x: str = "step", logx: bool = False, logy: bool = False, smooth: float = 0):
+    """Train and validation loss side by side against x, one legend below both; returns the Figure."""
+    import matplotlib.pyplot as plt
+    runs = as_runs(runs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    plot_metric(runs, "train_loss", x, logx, logy, smooth, ax=left, legend=False)
+    plot_metric(runs, "val_loss", x, logx, logy, smooth, ax=right, legend=False)
+    if runs:
+        fig.legend(*left.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs), 4),
+                   frameon=False)
+    return fig
+
+
+def plot_topk(table_or_results, ax=None):
+    """Top-k accuracy against k per run, from summary_table()'s result or {run: [top-1, top-2, ...]}."""
+    if isinstance(table_or_results, pd.DataFrame):
+        results = table_or_results.attrs.get("topk_acc", {})
+    else:
+        results = dict(table_or_results)
+    ax = _new_ax(ax)
+    for name, accs in results.items():
+        ax.plot(range(1, len(accs) + 1), accs, marker="o", label=name)
+    ax.set_xlabel("k")
+    ax.set_ylabel("next-token accuracy (true token in top k)")
+    ax.set_title("top-k accuracy on the validation texts")
+    ax.grid(alpha=0.3)
+    if results:
+        _legend_outside(ax)
+        ax.set_xticks(range(1, max(len(a) for a in results.values()) + 1))
+    return ax

@@ -1,0 +1,96 @@
+"""The summary table: one row per run with its log statistics, an evaluation of its saved weights on the
+same validation texts (when there are any), and the config fields that differ between the runs."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+import tools
+from machinery.comparison.metrics import context_len, score, text_sequences, utf8_bytes, windows
+from machinery.comparison.runs import Run, as_runs, config_differences, load_run
+
+
+def _column(log: pd.DataFrame, column: str) -> pd.Series:
+    return log[column].dropna() if column in log.columns else pd.Series(dtype=float)
+
+
+def _last(log: pd.DataFrame, column: str) -> float:
+    values = _column(log, column)
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def _log_stat(log: pd.DataFrame, column: str, how: str) -> float:
+    values = _column(log, column)
+    return float(getattr(values, how)()) if len(values) else math.nan
+
+
+def log_summary(run: Run) -> dict:
+    """What the run's configs and log_data.csv say, with no text and no weights needed."""
+    log, tokens = run.log, _last(run.log, "tokens")
+    return {
+        "run": run.name,
+        "tokenizer": f"{run.model_cfg.tokenizer}/{run.model_cfg.vocab_len}",
+        "parameters": run.num_params,
+        "tokens_seen": tokens if math.isnan(tokens) else int(tokens),
+        "final_val_loss": _last(log, "val_loss"),
+        "best_val_loss": _log_stat(log, "val_loss", "min"),
+        "tokens_per_sec": _log_stat(log, "tokens_per_sec", "median"),
+        "wall_time_s": _last(log, "elapsed_s"),
+    }
+
+
+def evaluate_run(name, texts: list[str], k_max: int = 5, seq_len: int | None = None, batch_size: int = 8,
+                 device: str = "cpu") -> dict:
+    """log_summary() plus an evaluation of the saved weights (the best-validation-loss model) on texts:
+    bits per byte and top-k accuracy over the same [bos] + tokens + [eos] windows, in one pass."""
+    run = name if isinstance(name, Run) else load_run(name)
+    texts = list(texts)
+    if not texts:
+        raise ValueError("evaluate_run needs at least one validation text")
+    model, tokenizer, _, _ = tools.load_model(run.path, device)
+    seqs = text_sequences(tokenizer, texts)
+    nll, count, correct = score(model, windows(seqs, context_len(model, seq_len), batch_size), k_max)
+    topk = [c / count for c in correct]
+    row = log_summary(run)
+    speed = {k: row.pop(k) for k in ("tokens_per_sec", "wall_time_s")}  # keep them last, after the metrics
+    row.update({"bits_per_byte": nll / math.log(2) / utf8_bytes(texts), "top1_acc": topk[0],
+                f"top{k_max}_acc": topk[-1], **speed, "topk_acc": topk})
+    return row
+
+
+def summary_table(runs, texts: list[str] | None = None, **evaluate_kwargs) -> pd.DataFrame:
+    """One row per run (index: run name). With texts, each run's weights are evaluated on them (bits per
+    byte, top-k accuracy; the full top-k lists go to table.attrs['topk_acc'] for plot_topk); without,
+    the table holds what the logs say. The last column, config_diff, lists the config fields whose values
+    differ between the runs."""
+    runs = as_runs(runs)
+    rows = [evaluate_run(run, texts, **evaluate_kwargs) if texts else log_summary(run) for run in runs.values()]
+    topk = {row["run"]: row.pop("topk_acc") for row in rows if "topk_acc" in row}
+    differences = config_differences(runs)
+    for row in rows:
+        row["config_diff"] = ", ".join(f"{k}={v}" for k, v in differences[row["run"]].items())
+    table = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(index=pd.Index([], name="run"))
+    table.attrs["topk_acc"] = topk
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")  # a '|' in a value (e.g. doc_separator) would end the cell
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
+    header = [table.index.name or ""] + [str(c) for c in table.columns]
+    align = ["---"] + ["---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for name, row in table.iterrows():
+        values = [v.item() if hasattr(v, "item") else v for v in row]
+        lines.append("| " + " | ".join([str(name)] + [_cell(v) for v in values]) + " |")
+    return "\n".join(lines) + "\n"

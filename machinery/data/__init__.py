@@ -1,0 +1,1 @@
+"""Data layer: tokenizers (machinery/data/tokenizer.py), document sources, pre-tokenization and batching."""

@@ -1,0 +1,220 @@
+"""Run folders in trained/: finding them by name, their description (the two configs), and the lock a
+training run holds on its folder.
+
+trained/<model_name>/
+    train_config.json, model_config.json   the run's description; model_config.json, written last, is what
+                                           makes a folder a run, so a kill while writing leaves no half run
+trained/.<model_name>.lock                 held (flock) by the training process for the run's lifetime; beside
+                                           the folder, so taking it creates nothing a torchrun rank or
+                                           --overwrite could trip over, and copying a run leaves it behind
+
+A run is found by name only inside trained/ (TEMPLATEGPT_TRAINED_DIR moves it): a link in trained/ that
+leads elsewhere, or a name that could not be looked up again, is refused before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from config import RUN_NAME, ModelConfig, TrainConfig
+from machinery import PROJECT_ROOT as ROOT
+from machinery.fileio import remove_stale_temps, reported_writes, write_json
+from machinery.run.checkpoint import latest_checkpoint
+from machinery.run.setup import TrainingError
+
+MODEL_CONFIG, TRAIN_CONFIG = "model_config.json", "train_config.json"
+
+
+def trained_dir() -> Path:
+    """Where runs live: trained/ next to the code, or $TEMPLATEGPT_TRAINED_DIR (read at every call)."""
+    return Path(os.environ.get("TEMPLATEGPT_TRAINED_DIR", ROOT / "trained")).expanduser().absolute()
+
+
+def list_runs(folder: Path | None = None) -> list[str]:
+    """Names of the run folders in trained/ (real folders holding a model_config.json)."""
+    folder = Path(folder or trained_dir())
+    return sorted(p.parent.name for p in folder.glob(f"*/{MODEL_CONFIG}") if not p.parent.is_symlink())
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise ValueError(f"run name {name!r} is invalid: use 1-100 letters, digits and . _ - + =, not "
+                         f"starting with '.' or '-', so the run can be found again by name")
+    return name
+
+
+def run_dir_for(name: str) -> Path:
+    """trained/<name> for a run about to be created or continued. Refuses a name that could not be looked up
+    again and a path that is a link or a file (writing through it would land outside trained/)."""
+    return _real_folder_or_absent(trained_dir() / check_run_name(name))
+
+
+def _real_folder_or_absent(path: Path) -> Path:
+    if path.is_symlink():
+        target = f"{os.readlink(path)}{'' if path.exists() else ', which does not exist'}"
+        raise ValueError(f"{path} is a symbolic link (to {target}): runs must be real folders inside "
+                         f"{trained_dir()}, so nothing is read or written through it; remove the link or use "
+                         f"another name")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a run folder: remove it or use another name")
+    return path
+
+
+def resolve_run(name_or_path: str | Path) -> Path:
+    """The folder of an existing run. A bare name means trained/<name>; anything with a '/' (or '\\', or
+    starting with '.' or '~') is a path. A name never reaches outside trained/."""
+    text = str(name_or_path)
+    if "/" in text or "\\" in text or text.startswith((".", "~")):
+        path = Path(text).expanduser().absolute()
+        if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: no links
+            path = _real_folder_or_absent(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"run folder {path} does not exist")
+    else:
+        path = run_dir_for(text)
+        if not path.is_dir():
+            runs = ", ".join(list_runs()) or "(none yet: train one with python train.py)"
+            raise FileNotFoundError(f"no model named {text!r} in {trained_dir()}; models there: {runs}")
+    if not (path / MODEL_CONFIG).is_file():
+        raise FileNotFoundError(f"{path} is not a run folder: it has no {MODEL_CONFIG}")
+    return path
+
+
+# --- the run's description -------------------------------------------------------------------------------
+def write_description(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Write both configs so the description is complete or absent: train_config.json first, then
+    model_config.json, the file that makes the folder a run."""
+    write_json(Path(run_dir) / TRAIN_CONFIG, train_cfg.to_dict())
+    write_json(Path(run_dir) / MODEL_CONFIG, model_cfg.to_dict())
+
+
+def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The configs saved with a run (fields added since then take their defaults). A run whose description is
+    incomplete (one file missing) is refused: guessing the other half would train or sample the wrong run."""
+    run_dir = Path(run_dir)
+    missing = [name for name in (MODEL_CONFIG, TRAIN_CONFIG) if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"the description of run {run_dir} is incomplete: {' and '.join(missing)} missing "
+                         f"(was it killed while being created?); start it again with --overwrite")
+    try:
+        model_kw = json.loads((run_dir / MODEL_CONFIG).read_text())
+        train_kw = json.loads((run_dir / TRAIN_CONFIG).read_text())
+        return ModelConfig.from_dict(model_kw), TrainConfig.from_dict(train_kw)  # old field names map to new
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"the configs in {run_dir} are corrupt or from an incompatible version: {e}") from None
+
+
+def clear_run(run_dir: Path) -> None:
+    """Empty a run folder for --overwrite (the caller holds its lock). model_config.json goes first, so a
+    kill half-way leaves a folder that is no longer a run rather than a mix of two runs."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is not a real run folder (a link or a file): --overwrite only replaces "
+                         f"run folders; remove it yourself")
+    with reported_writes(run_dir):
+        (run_dir / MODEL_CONFIG).unlink(missing_ok=True)
+        for entry in run_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+# --- one training process per run ------------------------------------------------------------------------
+class RunLockedError(ValueError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a training process writes it:
+
+        with RunLock(run_dir):
+            ...train...
+
+    flock on an open file: the kernel releases it when the process ends in any way (kill -9 included), so a
+    lock file left behind by a dead process is simply taken over. The file records pid and host for the
+    message a second process gets. Taking the lock also removes temp files that killed writes left."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self._file = Path(run_dir), None
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one process per run is then up to you
+            return self
+        with reported_writes(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                handle = open(self.path, "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    handle.close()
+                    raise RunLockedError(f"run {self.run_dir} is in use by {holder}: wait for it to finish or "
+                                         f"stop it first (two processes would interleave its files)") from None
+                try:  # the previous holder may have deleted the file between our open and our lock
+                    same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                handle.close()
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+        self._file = handle
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            if folder.is_dir() and not folder.is_symlink():
+                remove_stale_temps(folder)
+        return self
+
+    def release(self) -> None:
+        """Drop the lock and delete its file (a file left by a killed process is harmless: see acquire)."""
+        if self._file is None:
+            return
+        self.path.unlink(missing_ok=True)
+        self._file.close()  # closing releases the flock
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool,
+                     overwrite: bool) -> Path | None:
+    """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not
+    continue the same run. Returns the checkpoint to resume from (None for a fresh start)."""
+    if not resume:
+        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
+            raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to replace "
+                                f"it, or choose another --model_name")
+        return None
+    if overwrite:
+        raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
+    saved_model, saved_train = load_configs(run_dir)  # refuses an incomplete description
+    changed = [f"{f.name}: {getattr(saved_model, f.name)!r} -> {getattr(model_cfg, f.name)!r}"
+               for f in dataclasses.fields(ModelConfig) if getattr(saved_model, f.name) != getattr(model_cfg, f.name)]
+    if changed:
+        raise TrainingError(f"--resume cannot change the architecture ({'; '.join(changed)}): the saved weights "
+                            f"belong to the old one. Start a new run from it with --config={run_dir.name}")
+    if train_cfg.optimizer != saved_train.optimizer:
+        raise TrainingError(f"--resume cannot switch the optimizer from {saved_train.optimizer!r} to "
+                            f"{train_cfg.optimizer!r}: the checkpoint holds {saved_train.optimizer}'s state")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise TrainingError(f"{run_dir} has no complete checkpoint to resume from, so --resume changed nothing. "
+                            f"Start it again with --overwrite (this replaces it) or choose another --model_name")
+    return checkpoint
