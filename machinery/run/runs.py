@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from config import RUN_NAME, ModelConfig, TrainConfig
 from machinery import PROJECT_ROOT as ROOT
 from machinery.fileio import remove_stale_temps, reported_writes, write_json
+from machinery.own_folders import check_replaceable, remove_own_folder
 from machinery.run.checkpoint import latest_checkpoint
 from machinery.run.setup import TrainingError
 
@@ -81,6 +81,10 @@ def resolve_run(name_or_path: str | Path) -> Path:
             runs = ", ".join(list_runs()) or "(none yet: train one with python train.py)"
             raise FileNotFoundError(f"no model named {text!r} in {trained_dir()}; models there: {runs}")
     if not (path / MODEL_CONFIG).is_file():
+        if (path / TRAIN_CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is an incomplete run: it has {TRAIN_CONFIG} but no {MODEL_CONFIG} (its "
+                                    f"start was interrupted) and no weights; start it again with the train.py "
+                                    f"command that made it plus --overwrite")
         raise FileNotFoundError(f"{path} is not a run folder: it has no {MODEL_CONFIG}")
     return path
 
@@ -110,19 +114,9 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Empty a run folder for --overwrite (the caller holds its lock). model_config.json goes first, so a
-    kill half-way leaves a folder that is no longer a run rather than a mix of two runs."""
-    run_dir = Path(run_dir)
-    if run_dir.is_symlink() or not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a real run folder (a link or a file): --overwrite only replaces "
-                         f"run folders; remove it yourself")
-    with reported_writes(run_dir):
-        (run_dir / MODEL_CONFIG).unlink(missing_ok=True)
-        for entry in run_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    """Delete a run folder for --overwrite (the caller holds its lock): only a run (or an empty folder), never a
+    link, a file or a folder holding anything else of value (machinery/own_folders.py)."""
+    remove_own_folder(run_dir, "run")
 
 
 # --- one training process per run ------------------------------------------------------------------------
@@ -198,9 +192,10 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
     """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not
     continue the same run. Returns the checkpoint to resume from (None for a fresh start)."""
     if not resume:
-        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
-            raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to replace "
-                                f"it, or choose another --model_name")
+        check_replaceable(run_dir, "run")  # only a run may be replaced: never a link, a file or anything else
+        if run_dir.exists() and not overwrite:
+            raise TrainingError(f"{run_dir} already exists: {_what_can_be_done(run_dir)}, or choose another "
+                                f"--model_name")
         return None
     if overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
@@ -218,3 +213,18 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
         raise TrainingError(f"{run_dir} has no complete checkpoint to resume from, so --resume changed nothing. "
                             f"Start it again with --overwrite (this replaces it) or choose another --model_name")
     return checkpoint
+
+
+def _what_can_be_done(run_dir: Path) -> str:
+    """The options that really work on an existing run folder (check_replaceable has passed)."""
+    missing = [name for name in (MODEL_CONFIG, TRAIN_CONFIG) if not (run_dir / name).is_file()]
+    if len(missing) == 2:
+        return "it is an empty folder: --overwrite uses it"
+    if missing:
+        return f"its description is incomplete ({missing[0]} missing), so it cannot be resumed: --overwrite replaces it"
+    try:
+        resumable = latest_checkpoint(run_dir) is not None
+    except ValueError:
+        resumable = True  # damaged: --resume names it and the older one to use
+    return ("add --resume to continue it, --overwrite to replace it" if resumable else
+            "it has no checkpoint to resume from: --overwrite replaces it")
