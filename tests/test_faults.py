@@ -319,6 +319,8 @@ FULL_DISK_AT = {  # where the disk fills up: (object, attribute to replace, only
     "checkpoint state": (torch, "save", None),
     "run log": (os, "replace", "log_data.csv"),
     "run description": (os, "replace", "model_config.json"),
+    "training curves": (os, "replace", "training_curves.png"),
+    "best weights": (os, "replace", "/run/model.safetensors"),
 }
 
 
@@ -335,9 +337,13 @@ def test_full_disk_is_one_line_and_keeps_the_checkpoints(env, where, monkeypatch
 
     monkeypatch.setattr(owner, attr, fill_up)
     assert train.main(args(max_iters=12) + ["--resume"]) == 2
-    one_line_error(capsys, "No space left on device")
+    line = one_line_error(capsys, "No space left on device", "MB are free there", "then run again")
     monkeypatch.setattr(owner, attr, real)
-    assert latest_checkpoint(trained / "run").name == "step_8"
+    newest = latest_checkpoint(trained / "run")  # step_8, or step_12 when the disk filled up after it
+    assert newest.name == ("step_12" if where == "training curves" else "step_8")
+    # names the file, and what --resume will do once there is space (true: it does so just below)
+    assert f"could not write {trained / 'run'}" in line
+    assert line.endswith(f"{newest}; continue with: python train.py --model_name=run --resume"), line
     no_temp_files(trained)
     assert train.main(args(max_iters=12) + ["--resume"]) == 0  # space freed: the run goes on
 

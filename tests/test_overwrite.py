@@ -148,3 +148,25 @@ def test_replace_own_folder_swaps_by_renames(tmp_path):
     assert sorted(p.name for p in old.iterdir()) == [own_folders.EXPORT_MARKER, "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     os.chmod(tmp_path, 0o755)
+
+
+def _enospc(*args, **kwargs):
+    import errno
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["weights", "tokenizer"])
+def test_full_disk_while_exporting_keeps_the_earlier_export(project, where, monkeypatch, capsys):
+    import safetensors.torch
+
+    from machinery.interop import tokenizer as hf_tokenizer
+    out = project.parent / "exported"
+    assert export_hf.main(["gpt2_atto", str(out)]) == 0
+    before = listing(project.parent)
+    monkeypatch.setattr(*((safetensors.torch, "save_file") if where == "weights" else (hf_tokenizer, "write")),
+                        _enospc)
+    assert export_hf.main(["gpt2_atto", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"could not write {out}: No space left on device" in err and "Free space on the disk" in err
+    assert listing(project.parent) == before  # the earlier export whole, no temp folder left

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from machinery.fileio import WriteError
+
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
@@ -174,5 +176,9 @@ def on_signals(run_dir: Path):
         yield stop
     except KeyboardInterrupt as e:
         raise stop.explain(e) from None
+    except WriteError as e:  # a full disk while writing the run: say what --resume can do once there is space
+        if not stop.deferred:
+            raise
+        raise WriteError(f"{e}: {kept(run_dir, stop._dist)}") from None
     finally:
         stop.restore()
