@@ -23,7 +23,7 @@ from machinery import PROJECT_ROOT
 from machinery.fileio import TMP_SUFFIX, reported_writes, write_text
 
 EXPORT_MARKER = ".templategpt-export"
-RUN_FILES = ("model_config.json", "train_config.json")
+DESCRIPTION_FILES = ("model_config.json", "train_config.json")
 _WHAT_IS_OURS = {"export": f"a folder export_hf.py wrote (it holds {EXPORT_MARKER})",
                  "run": "a run folder in trained/ (it holds model_config.json or train_config.json)"}
 _LOOKED_AT = 20_000  # entries examined inside a folder before giving up on it: exports and runs are small
@@ -37,7 +37,7 @@ def _protected_roots() -> list[Path]:
 
 
 def _is_run(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in RUN_FILES)
+    return any((folder / name).is_file() for name in DESCRIPTION_FILES)
 
 
 def _what_it_holds(folder: Path, purpose: str) -> str | None:
@@ -57,7 +57,7 @@ def _what_it_holds(folder: Path, purpose: str) -> str | None:
             return f"holds a git work tree ({here / '.git'})"
         if "sweep.json" in files:
             return f"holds a sweep ({here / 'sweep.json'})"
-        if (purpose != "run" or here != folder) and any(name in files for name in RUN_FILES):
+        if (purpose != "run" or here != folder) and any(name in files for name in DESCRIPTION_FILES):
             return f"holds a run ({here})"
         if looked > _LOOKED_AT:
             return f"holds more than {_LOOKED_AT:,} files and folders"
@@ -98,7 +98,7 @@ def remove_own_folder(path: Path, purpose: str) -> None:
         return
     with reported_writes(path):
         if purpose == "run":
-            (path / RUN_FILES[0]).unlink(missing_ok=True)
+            (path / DESCRIPTION_FILES[0]).unlink(missing_ok=True)
         shutil.rmtree(path)
 
 

@@ -80,6 +80,7 @@ def resolve_run(name_or_path: str | Path) -> Path:
         if not path.is_dir():
             runs = ", ".join(list_runs()) or "(none yet: train one with python train.py)"
             raise FileNotFoundError(f"no model named {text!r} in {trained_dir()}; models there: {runs}")
+    check_run_files(path)
     if not (path / MODEL_CONFIG).is_file():
         if (path / TRAIN_CONFIG).is_file():
             raise FileNotFoundError(f"{path} is an incomplete run: it has {TRAIN_CONFIG} but no {MODEL_CONFIG} (its "
@@ -87,6 +88,24 @@ def resolve_run(name_or_path: str | Path) -> Path:
                                     f"command that made it plus --overwrite")
         raise FileNotFoundError(f"{path} is not a run folder: it has no {MODEL_CONFIG}")
     return path
+
+
+# A run's own files and folders: each must be a real one inside the run folder, never a link to elsewhere
+RUN_FILES = (MODEL_CONFIG, TRAIN_CONFIG, "model.safetensors", "log_data.csv", "training_curves.png")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run whose configs, weights, log or tracker folders are symbolic links or not regular files
+    (folders): nothing of a run is read or written through a link, which could lead anywhere."""
+    for name in RUN_FILES + RUN_FOLDERS:
+        path = Path(run_dir) / name
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): a run's files must be its own, "
+                             f"so nothing is read or written through it; put the real "
+                             f"{'folder' if name in RUN_FOLDERS else 'file'} there instead of the link")
+        if path.exists() and not (path.is_dir() if name in RUN_FOLDERS else path.is_file()):
+            raise ValueError(f"{path} is not a regular {'folder' if name in RUN_FOLDERS else 'file'}: move it away")
 
 
 # --- the run's description -------------------------------------------------------------------------------
@@ -101,6 +120,7 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     """The configs saved with a run (fields added since then take their defaults). A run whose description is
     incomplete (one file missing) is refused: guessing the other half would train or sample the wrong run."""
     run_dir = Path(run_dir)
+    check_run_files(run_dir)
     missing = [name for name in (MODEL_CONFIG, TRAIN_CONFIG) if not (run_dir / name).is_file()]
     if missing:
         raise ValueError(f"the description of run {run_dir} is incomplete: {' and '.join(missing)} missing "
