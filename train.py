@@ -68,9 +68,9 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
     overwrite = parse_bool(overrides.pop("overwrite", "false"), "overwrite")
     if resume and overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
-    if resume and (base_run or preset):
-        raise TrainingError("--resume continues a run with its own configs: drop --config/--preset "
-                            "(to branch off a run, start a new one with --config=RUN --model_name=NEW)")
+    if resume and (base_run or preset or "init_from" in overrides):
+        raise TrainingError("--resume continues a run with its own configs and weights: drop --config/--preset/"
+                            "--init_from (to branch off a run, start a new one with --config=RUN --model_name=NEW)")
     base = None
     if resume:  # the run's own configs, with any overrides on top (e.g. a larger --max_iters)
         if not overrides.get("model_name"):
