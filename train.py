@@ -33,6 +33,7 @@ from machinery.run import distributed, runs, stopping
 from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
+from machinery.run.memory_probe import probe_memory
 from machinery.run.progress import Progress
 from machinery.run.run_log import RunLog
 from machinery.run.run_state import RunState
@@ -143,13 +144,11 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    probe_memory(train_model, model, optimizers, data.batches, train_cfg, machine)  # too big: one line, no folder
     stop.defer(machine.dist)  # the run folder is written from here on: a signal now waits for a step boundary
-    if machine.is_main:
-        if overwrite and (run_dir.exists() or run_dir.is_symlink()):
-            runs.clear_run(run_dir)  # refuses a link or a file
-        runs.write_description(run_dir, model_cfg, train_cfg)
-        tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
-                      state.step if resume else None)
+    if machine.is_main:  # replace (--overwrite), describe, start the tracker; a failed new run leaves no folder
+        runs.open_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite, lambda: tracker.start(
+            run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, state.step if resume else None))
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
     T, world = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world

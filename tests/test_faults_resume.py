@@ -238,3 +238,61 @@ def test_out_of_memory_at_model_build_is_one_line(sample_data, data_cache, train
     monkeypatch.setattr(setup, "Model", no_memory)
     refused(tiny_args(sample_data, data_cache), capsys, "out of memory building the model", "dim=32")
     assert not (trained_dir / "run").exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 17.5 GB)")],
+                         ids=["cuda", "mps"])
+def test_a_micro_batch_that_does_not_fit_is_one_line_before_the_run_folder(error, sample_data, data_cache,
+                                                                            trained_dir, capsys, monkeypatch):
+    """The probe (machinery/run/memory_probe.py) runs one micro-batch before the folder is made; on a CPU an
+    out-of-memory is rare, so it is simulated where the probe runs the model."""
+    import contextlib
+
+    import machinery.run.memory_probe as probe
+
+    @contextlib.contextmanager
+    def no_memory(device, dtype):
+        raise error
+        yield
+    monkeypatch.setattr(probe, "autocast", no_memory)
+    refused(tiny_args(sample_data, data_cache, micro_batch_size=4), capsys, "one micro-batch does not fit in memory",
+            "micro_batch_size=4", "--grad_accum_steps", "nothing was written")
+    assert not (trained_dir / "run").exists()
+
+
+def test_wandb_online_without_a_key_is_one_line_and_leaves_no_run(sample_data, data_cache, trained_dir, tmp_path,
+                                                                  capsys, monkeypatch):
+    pytest.importorskip("wandb", reason="--tracker=wandb needs wandb (requirements-optional.txt)")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved login
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    refused(tiny_args(sample_data, data_cache, tracker="wandb", max_iters=2), capsys,
+            "--tracker=wandb could not start with WANDB_MODE=online", "wandb login")
+    assert not (trained_dir / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["unwritable", "a file"])
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line(how, finished_run, trained_dir, capsys,
+                                                                monkeypatch):
+    """A new run: no folder is left. A resumed one: nothing changes (its train_config.json included)."""
+    pytest.importorskip("tensorboard", reason="--tracker=tensorboard needs tensorboard (requirements-optional.txt)")
+    import torch.utils.tensorboard
+
+    def permission_denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    if how == "unwritable":  # (the tests run as root, whom chmod does not stop)
+        monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", permission_denied)
+        refused(finished_run[:-1] + ["--model_name=new", "--tracker=tensorboard"], capsys,
+                "--tracker=tensorboard cannot write to", "Permission denied")
+        assert not (trained_dir / "new").exists()
+        words = ["Permission denied"]
+    else:
+        (trained_dir / "run" / "tensorboard").write_text("not a folder")
+        words = ["tensorboard is not a regular folder"]
+    before = snapshot(trained_dir)
+    refused(finished_run + ["--resume", "--max_iters=6", "--tracker=tensorboard"], capsys, *words)
+    assert snapshot(trained_dir) == before

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -114,6 +115,28 @@ def write_description(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     model_config.json, the file that makes the folder a run."""
     write_json(Path(run_dir) / TRAIN_CONFIG, train_cfg.to_dict())
     write_json(Path(run_dir) / MODEL_CONFIG, model_cfg.to_dict())
+
+
+def open_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool, overwrite: bool,
+                    start_tracker) -> None:
+    """Make the run folder ready to train into: replace it (--overwrite), write its description, start the
+    tracker (start_tracker()). A resumed run starts its tracker before its description changes; a new run that
+    fails here (a tracker that cannot start, a full disk) is removed again, since this process wrote all of it:
+    a failed start leaves no half run in the way of the next try."""
+    run_dir = Path(run_dir)
+    if resume:
+        start_tracker()
+        write_description(run_dir, model_cfg, train_cfg)
+        return
+    if overwrite and run_dir.exists():
+        clear_run(run_dir)
+    try:
+        write_description(run_dir, model_cfg, train_cfg)
+        start_tracker()
+    except Exception:
+        if run_dir.is_dir() and not run_dir.is_symlink():
+            shutil.rmtree(run_dir, ignore_errors=True)  # ours: created a moment ago (or emptied by --overwrite)
+        raise
 
 
 def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:

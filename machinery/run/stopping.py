@@ -153,6 +153,8 @@ def kept(run_dir: Path, dist=None) -> str:
         newest = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
     except ValueError as e:
         return f"its newest checkpoint is damaged ({e})"
+    if newest is None and not Path(run_dir).is_dir():
+        return f"no run folder was left at {run_dir}; run the same command again"
     if newest is None:
         return (f"{run_dir} has no checkpoint yet, so --resume cannot continue it: start it again with "
                 f"--overwrite (this replaces it)")
