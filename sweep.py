@@ -7,11 +7,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 from machinery.cli import UsageError, build, print_help_if_asked, split_args
+from machinery.run.runs import RunLock
 from machinery.sweeps.definition import Sweep, saved_mismatches
 from machinery.sweeps.grid import parse_grid, parse_variant
 from machinery.sweeps.report import DEFAULT_BPB_TEXTS, write_report
@@ -30,6 +32,9 @@ Runs are ordinary run folders, trained/<name>__<variant>__s<seed>: inference.py 
 them by name. The sweep's definition, logs and report go to sweeps/<name>/. Re-running the same command
 skips finished runs, resumes interrupted ones exactly, and adds only the runs a changed grid or --seeds asks
 for. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran), 2 bad command line."""
+
+
+MAX_SEEDS = 100  # seeds per variant: a few already tell noise from an effect
 
 
 @dataclass
@@ -57,11 +62,21 @@ class SweepOptions:
     def seed_list(self) -> list[int]:
         try:
             if "," in self.seeds:
-                return [int(s) for s in self.seeds.split(",") if s.strip()]
-            return list(range(int(self.seeds)))
-        except ValueError:
+                seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+            else:
+                count = int(self.seeds)
+                if not 1 <= count <= MAX_SEEDS:
+                    raise UsageError(f"--seeds={self.seeds} is invalid: a count of seeds must be 1..{MAX_SEEDS} "
+                                     f"(3 -> seeds 0, 1, 2); to give seeds themselves, separate them by commas")
+                seeds = list(range(count))
+        except ValueError as e:
+            if isinstance(e, UsageError):
+                raise
             raise UsageError(f"--seeds={self.seeds!r} is invalid: a count (3 -> seeds 0, 1, 2) or seeds like "
                              f"0,4,7") from None
+        if len(seeds) > MAX_SEEDS:
+            raise UsageError(f"--seeds gives {len(seeds)} seeds: at most {MAX_SEEDS}")
+        return seeds
 
 
 def parse_args(argv: list[str]) -> tuple[SweepOptions, Sweep | None] | None:
@@ -100,7 +115,7 @@ def check_against_saved(sweep: Sweep) -> None:
 def run(options: SweepOptions, sweep: Sweep) -> list:
     """Train what is missing (or, with --overwrite, everything) and write the report; returns the failures."""
     from machinery.fileio import write_json
-    plans = sweep.runs  # builds every run's configs: a bad field or value fails here, before any run
+    plans = sweep.runs
     if not options.overwrite:
         check_against_saved(sweep)
     states = {p.name: run_state(p) for p in plans}
@@ -133,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         options, sweep = parsed
         name = options.name
         sweep = sweep or Sweep.load(options.name)
-        if options.report and not options.dry_run:
-            write_report(sweep, options.bpb_texts, options.val_data)
-            print((sweep.folder / "summary.md").read_text())
-            return 0
-        failed = run(options, sweep)
+        _ = sweep.runs  # every run's configs: a bad field or value fails here, before anything is written
+        with contextlib.nullcontext() if options.dry_run else RunLock(sweep.folder, what="sweep"):  # one at a time
+            if options.report and not options.dry_run:
+                write_report(sweep, options.bpb_texts, options.val_data)
+                print((sweep.folder / "summary.md").read_text())
+                return 0
+            failed = run(options, sweep)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -177,8 +178,8 @@ class RunLock:
     lock file left behind by a dead process is simply taken over. The file records pid and host for the
     message a second process gets. Taking the lock also removes temp files that killed writes left."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir, self._file = Path(run_dir), None
+    def __init__(self, run_dir: Path, what: str = "run"):
+        self.run_dir, self.what, self._file = Path(run_dir), what, None  # what: 'run', or 'sweep' (sweep.py)
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
 
     def acquire(self) -> "RunLock":
@@ -196,8 +197,8 @@ class RunLock:
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
                     handle.close()
-                    raise RunLockedError(f"run {self.run_dir} is in use by {holder}: wait for it to finish or "
-                                         f"stop it first (two processes would interleave its files)") from None
+                    raise RunLockedError(f"{self.what} {self.run_dir} is in use by {holder}: wait for it to "
+                                         f"finish or stop it first (two processes would interleave its files)") from None
                 try:  # the previous holder may have deleted the file between our open and our lock
                     same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
                 except FileNotFoundError:
@@ -207,7 +208,9 @@ class RunLock:
                 handle.close()
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv and sys.argv[0] else "python"
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                         f"({command})")
             handle.flush()
         self._file = handle
         for folder in (self.run_dir, self.run_dir / "checkpoints"):
