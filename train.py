@@ -30,9 +30,10 @@ from machinery.cli import build_configs, describe_presets, parse_bool, print_hel
 from machinery.data.sources import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
 from machinery.run import distributed, runs, stopping
-from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
+from machinery.run.checkpoint import load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
+from machinery.run.divergence import recovery_advice
 from machinery.run.memory_probe import probe_memory
 from machinery.run.progress import Progress
 from machinery.run.run_log import RunLog
@@ -179,9 +180,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
                 save_resumable(run_dir, state, model, optimizers, data.batches, machine)
     except NonFiniteStep as e:
-        raise TrainingError(f"the run stopped: {e}, so the update was not applied. The last good checkpoint is "
-                            f"{latest_checkpoint(run_dir) or 'none yet'}. Try a lower --lr_max, --grad_clip=1, "
-                            f"or --dtype=float32; then --resume") from None
+        raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") from None
     finally:
         progress.close()
         tracker.finish()
