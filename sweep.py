@@ -14,7 +14,7 @@ from typing import Optional
 
 from machinery.cli import UsageError, build, print_help_if_asked, split_args
 from machinery.run.runs import RunLock
-from machinery.sweeps.definition import Sweep, saved_mismatches
+from machinery.sweeps.definition import Sweep, saved_mismatches, sweeps_dir
 from machinery.sweeps.grid import parse_grid, parse_variant
 from machinery.sweeps.report import DEFAULT_BPB_TEXTS, write_report
 from machinery.sweeps.runner import run_all, run_state, slots, trained_dir
@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         options, sweep = parsed
         name = options.name
         sweep = sweep or Sweep.load(options.name)
+        if sweep.folder.is_symlink() or (sweep.folder.exists() and not sweep.folder.is_dir()):
+            raise UsageError(f"{sweep.folder} is a symbolic link or a file: a sweep's folder must be a real folder in "
+                             f"{sweeps_dir()}, so nothing is written through it; remove it or choose another --name")
         _ = sweep.runs  # every run's configs: a bad field or value fails here, before anything is written
         with contextlib.nullcontext() if options.dry_run else RunLock(sweep.folder, what="sweep"):  # one at a time
             if options.report and not options.dry_run:
@@ -159,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run `python sweep.py --name={name}` to resume", file=sys.stderr)
+        recorded = name is not None and (sweeps_dir() / name / "sweep.json").is_file()
+        print(f"\ninterrupted: run `python sweep.py --name={name}` to resume" if recorded else
+              "\ninterrupted before the sweep was recorded: nothing was started; run the same command again",
+              file=sys.stderr)
         return 130
     for o in failed:
         print(f"failed: {o.plan.name}: {o.note} (log: {o.log_path})", file=sys.stderr)

@@ -169,7 +169,8 @@ class RunLockedError(ValueError):
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held while a training process writes it:
+    """An exclusive lock on a run folder, held while a training process writes it (and on a sweep's folder,
+    held by sweep.py: RunLock(folder, what="sweep")):
 
         with RunLock(run_dir):
             ...train...
