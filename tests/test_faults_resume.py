@@ -178,7 +178,7 @@ def finished_run(template_run, data_cache, trained_dir) -> list[str]:
     return tiny_args(SAMPLE_DATA, data_cache, max_iters=4, checkpoint_interval=4)
 
 
-@pytest.mark.parametrize("change", ["--mlp_nonlinearity=ReLU", "--norm_type=LayerNorm", "--eps=1e-3",
+@pytest.mark.parametrize("change", ["--mlp_nonlinearity=ReLU", "--norm_type=LayerNorm", "--norm_eps=1e-3",
                                     "--theta=500000", "--sliding_window=8", "--logit_softcap=30",
                                     "--dropout_attn=0.1", "--qk_norm=true", "--dim=64"])
 def test_resume_refuses_any_architecture_change(change, finished_run, trained_dir, capsys):

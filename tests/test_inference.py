@@ -18,6 +18,7 @@ from config import ModelConfig, TrainConfig
 from machinery.generation import GenerationConfig, SamplingConfig, generate, generate_ids
 from machinery.generation.decode_step import COMPILE_AFTER_STEPS, should_compile
 from machinery.run.weights import save_weights
+from modules.attention import AttentionInputs
 from modules.kv_cache import KVCache
 from modules.model import Model
 
@@ -457,6 +458,51 @@ def test_decode_step_logits_equal_the_full_forward(variant):
         cache.start_static_writes()
         got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+class X0Residual(Model):
+    """Model.forward with a research edit in its own body (nanochat's x0 residual lambdas: each layer's input
+    mixes back the embeddings x0). Every generation path must follow it: they all run the model's forward."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.x0_lambdas = torch.nn.Parameter(torch.linspace(0.5, 1.5, cfg.num_layers))
+
+    def forward(self, input_ids, targets=None, *, positions=None, doc_ids=None, cache=None, last_only=False):
+        if cache is not None and cache.write_slot is not None:
+            slots = cache.write_slot
+        else:
+            start = cache.length if cache is not None else 0
+            slots = torch.arange(start, start + input_ids.shape[1])
+        positions = slots if positions is None else positions
+        x0 = x = self.embed(input_ids, positions)
+        inputs = AttentionInputs(slots, self.rope(positions), doc_ids, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x + self.x0_lambdas[i] * x0, inputs)  # the edit
+        inputs.advance_cache()
+        return self.output_logits(x[:, -1:] if last_only else x), None
+
+
+def test_generation_follows_an_edit_to_the_model_forward(monkeypatch):
+    """Cached, fixed-slot (eager) and compiled decoding give the edited forward's tokens and logits."""
+    torch.manual_seed(0)
+    model = X0Residual(tiny_model().cfg).eval()
+    ids = torch.tensor([[5, 9, 3, 7, 11, 2]])
+    with torch.inference_mode():
+        expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
+        plain = Model(model.cfg).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        assert [greedy_reference(plain, p, max_len=40) for p in PROMPTS] != expected  # the edit matters
+        full = model(ids)[0][:, -1]
+        cache = model.new_cache(1, max_positions=8)
+        model(ids[:, :-1], cache=cache)
+        cache.start_static_writes()
+        step = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    assert gen(model, PROMPTS, 40) == expected  # the growing cache
+    assert gen(model, PROMPTS, 40, compile="on") == expected  # the fixed-slot step under torch.compile
+    monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
+    assert gen(model, PROMPTS, 40, compile="on") == expected  # the same step, eager
 
 
 @pytest.mark.parametrize("dtype,autocast_on", [("auto", False), ("float32", False), ("bfloat16", True)])
