@@ -21,6 +21,7 @@ from machinery.run.weights import save_weights
 from modules.attention import AttentionInputs
 from modules.kv_cache import KVCache
 from modules.model import Model
+from tests.helpers import EVERY_OPTION_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = SamplingConfig(temperature=0)
@@ -121,9 +122,9 @@ def test_greedy_cache_padding_and_batching_change_nothing(pos_enc_type, variant,
 
 
 def test_compiled_decode_step_gives_the_eager_tokens():
-    """The real torch.compile of the fixed-slot step (compiled once: seconds), on padded rows, with eos.
-    (Sampling runs the same step; the eager fixed-slot tests cover it.)"""
-    model = tiny_model(num_kv_heads=2)
+    """The real torch.compile of the fixed-slot step (compiled once: seconds), on padded rows, with eos, for the
+    model with every option on (tests/helpers.py). (Sampling runs the same step; the eager tests cover it.)"""
+    model = tiny_model(**EVERY_OPTION_VARIANTS["RoPE"])
     with torch.inference_mode():
         expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
     assert gen(model, PROMPTS, 40, compile="on") == expected == gen(model, PROMPTS, 40, use_cache=False)
@@ -458,6 +459,26 @@ def test_decode_step_logits_equal_the_full_forward(variant):
         cache.start_static_writes()
         got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(EVERY_OPTION_VARIANTS))
+def test_every_option_model_generates_its_full_forward(variant, monkeypatch):
+    """Every option on at once (tests/helpers.py): the decode step's logits are the full forward's, and the
+    growing cache and the fixed-slot step (eager here; compiled in the next test) give its greedy tokens."""
+    model = tiny_model(**EVERY_OPTION_VARIANTS[variant])
+    ids = torch.tensor([[5, 9, 3, 7, 11, 2, 8, 1]])
+    with torch.inference_mode():
+        expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
+        full = model(ids)[0][:, -1]
+        cache = model.new_cache(1, max_positions=9)
+        model(ids[:, :-1], cache=cache)
+        cache.start_static_writes()
+        step = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[7]]), cache, greedy=False)
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    assert gen(model, PROMPTS, 40) == expected
+    assert gen(model, PROMPTS, 40, use_cache=False) == expected
+    monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
+    assert gen(model, PROMPTS, 40, compile="on") == expected
 
 
 class X0Residual(Model):

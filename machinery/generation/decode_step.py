@@ -29,6 +29,27 @@ COMPILE_AFTER_STEPS = 20_000  # eager decode steps of one shape after which "aut
 SLOT_ROUNDING = 64  # fixed-slot caches round their slots up to this, so nearby prompt lengths share a compile
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has reached eos"
 
+# How generation treats every ModelConfig field (tests/test_every_option.py fails on a field missing here;
+# docs/structure.md says how to classify one). Decoding runs Model.forward, so most need nothing here.
+FORWARD = "forward"  # Model.forward applies it, in the prefill and in every decode step alike
+CACHE = "cache"  # shapes the KV cache (Model.new_cache) or the mask it builds for fixed-slot steps
+LIMIT = "limit"  # bounds what generation feeds the model: prompts, positions, the context
+OFF = "off"  # off while generating: generate_ids puts the model in eval mode
+FIELDS = {
+    "dim": FORWARD, "num_layers": CACHE, "num_q_heads": FORWARD, "num_kv_heads": CACHE, "head_dim": CACHE,
+    "max_seq_len": LIMIT,  # each row's budget; a full row keeps its last position (decode_step)
+    "tokenizer": LIMIT,  # text <-> ids: inference.py loads it by this name
+    "vocab_len": LIMIT,  # prompt ids are checked against it
+    "pos_enc_type": FORWARD, "theta": FORWARD,  # each row's own positions (left padding) go into the forward
+    "mlp_hidden_mult": FORWARD, "mlp_nonlinearity": FORWARD, "mlp_gated": FORWARD, "mlp_multiple_of": FORWARD,
+    "norm_type": FORWARD, "norm_affine": FORWARD, "norm_bias": FORWARD, "norm_eps": FORWARD,
+    "post_sublayer_norm": FORWARD, "scale_embeddings": FORWARD, "linear_bias": FORWARD, "tie_embeddings": FORWARD,
+    "logit_softcap": FORWARD, "qk_norm": FORWARD,
+    "sliding_window": CACHE,  # KVCache.static_attention_mask hides keys outside the window
+    "dropout_embed": OFF, "dropout_attn": OFF, "dropout_resid": OFF, "init_std": OFF,
+    "parametrization": FORWARD, "mup_base_dim": FORWARD, "mup_base_head_dim": FORWARD,
+}
+
 _eager_steps: dict[tuple, int] = {}  # (batch, slots) -> decode steps run eagerly under "auto" in this process
 _compiled_shapes: set[tuple] = set()  # (batch, slots) already compiled in this process
 
