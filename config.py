@@ -230,9 +230,7 @@ class TrainConfig(_Validated):
         for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             self._int(name)
-        self._int("seed", minimum=0)
-        if self.seed > MAX_SEED:
-            self._fail("seed", f"must be at most 2**64 - 1 = {MAX_SEED} (torch.manual_seed's range)")
+        self._int("seed", minimum=0, maximum=MAX_SEED)  # torch.manual_seed's range
         for name in ("cache_dir", "text_field"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 self._fail(name, "must not be empty" + (" (it would write into the current folder)"

@@ -17,18 +17,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from config import DEVICES, DTYPES
 from machinery.cli import UsageError, build, parse_typed, print_help_if_asked, reject_unknown, split_args
 from machinery.generation import GenerationConfig, SamplingConfig, generate
+from machinery.validation import Validated
 
 # old flag -> option: command lines written for earlier versions keep working
 ALIASES = {"temp": "temperature", "max_len": "max_new_tokens"}
 ALIAS_NOTE = "Aliases (earlier names): " + ", ".join(f"--{old} = --{new}" for old, new in ALIASES.items())
 
-DEVICES, DTYPES = ("auto", "cpu", "cuda", "mps"), ("auto", "float32", "bfloat16")
-
 
 @dataclass
-class RunOptions:
+class RunOptions(Validated):
     """Where to run, and what to print."""
     # --- run ---
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
@@ -36,9 +36,9 @@ class RunOptions:
     show_tokens: bool = False  # also print each continuation split into tokens
 
     def __post_init__(self):
-        for name, choices in (("device", DEVICES), ("dtype", DTYPES)):
-            if getattr(self, name) not in choices:
-                raise UsageError(f"--{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        self._choice("device", DEVICES)
+        self._choice("dtype", DTYPES)
+        self._bool("show_tokens")
 
 
 def split_prompts(argv: list[str]) -> tuple[dict[str, str], list[str]]:

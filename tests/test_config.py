@@ -360,3 +360,31 @@ def test_gated_mlp_keeps_parameter_count(dim, mult):
         return (3 if gated else 2) * dim * cfg.mlp_hidden_dim
 
     assert abs(mlp_params(True) / mlp_params(False) - 1) < 0.01
+
+
+def test_each_choice_list_has_one_copy():
+    """config.py's choice tuples (DEVICES, DTYPES, ...) and generation's COMPILE_MODES are written out once;
+    everything else uses the name, so a new choice cannot reach one check and miss another."""
+    import ast
+
+    import config
+    from machinery.generation.decode_step import COMPILE_MODES
+    lists = {name: value for name, value in vars(config).items()
+             if name.isupper() and isinstance(value, tuple) and value and all(isinstance(v, str) for v in value)}
+    lists["COMPILE_MODES"] = COMPILE_MODES
+    by_value = {tuple(sorted(v)): name for name, v in lists.items()}
+    root = Path(__file__).resolve().parents[1]
+    found: dict[str, list[str]] = {name: [] for name in lists}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("tests/", ".")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                name = by_value.get(tuple(sorted(e.value for e in node.elts)))
+                if name:
+                    found[name].append(f"{rel}:{node.lineno}")
+    copies = {name: places for name, places in found.items() if len(places) > 1}
+    assert not copies, f"choice lists written out more than once: {copies}"
+    assert all(len(places) == 1 for places in found.values()), found
