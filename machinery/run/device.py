@@ -48,10 +48,6 @@ def cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
-def cpu_has_amx() -> bool:
-    return "amx_bf16" in cpu_flags()
-
-
 def measure_bf16_speedup(size: int = 384, repeats: int = 5) -> float:
     """float32 time / bfloat16 time of one size^3 matmul on this CPU: best of `repeats`, alternating the two
     (a few ms in all), so a busy machine slows both alike."""
