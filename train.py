@@ -26,7 +26,7 @@ import torch
 
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from machinery.cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
-from machinery.data.sources import HubUnreachableError
+from machinery.data.hub import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
 from machinery.run import distributed, runs
 from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
