@@ -445,19 +445,25 @@ def test_rope_in_reals_matches_the_complex_rotation(batched_positions):
     assert torch.allclose(apply_rope(x.bfloat16(), real).float(), apply_rope(x.bfloat16(), rotation).float())
 
 
+def assert_decode_step_logits_are_the_full_forwards(model, ids: torch.Tensor) -> None:
+    """The fixed-slot step's logits for the last token of ids (1, T), after a prefill of the others, are the
+    full forward's."""
+    T = ids.shape[1]
+    with torch.inference_mode():
+        expected = model(ids)[0][:, -1]
+        cache = model.new_cache(1, max_positions=T + 2)
+        model(ids[:, :-1], cache=cache)
+        cache.start_static_writes()
+        got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[T - 1]]), cache, greedy=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["MHA", "mup_softcap"])
 def test_decode_step_logits_equal_the_full_forward(variant):
     """The fixed-slot step's logits, not only its argmax: multipliers and caps outside the layers keep the
     argmax, so only the logits show that every path applies them."""
     model = tiny_model(**VARIANTS[variant])
-    ids = torch.tensor([[5, 9, 3, 7, 11, 2]])
-    with torch.inference_mode():
-        expected = model(ids)[0][:, -1]
-        cache = model.new_cache(1, max_positions=8)
-        model(ids[:, :-1], cache=cache)
-        cache.start_static_writes()
-        got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2]]))
 
 
 @pytest.mark.parametrize("variant", list(EVERY_OPTION_VARIANTS))
@@ -465,15 +471,9 @@ def test_every_option_model_generates_its_full_forward(variant, monkeypatch):
     """Every option on at once (tests/helpers.py): the decode step's logits are the full forward's, and the
     growing cache and the fixed-slot step (eager here; compiled in the next test) give its greedy tokens."""
     model = tiny_model(**EVERY_OPTION_VARIANTS[variant])
-    ids = torch.tensor([[5, 9, 3, 7, 11, 2, 8, 1]])
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2, 8, 1]]))
     with torch.inference_mode():
         expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
-        full = model(ids)[0][:, -1]
-        cache = model.new_cache(1, max_positions=9)
-        model(ids[:, :-1], cache=cache)
-        cache.start_static_writes()
-        step = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[7]]), cache, greedy=False)
-    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
     assert gen(model, PROMPTS, 40) == expected
     assert gen(model, PROMPTS, 40, use_cache=False) == expected
     monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
@@ -507,18 +507,12 @@ def test_generation_follows_an_edit_to_the_model_forward(monkeypatch):
     """Cached, fixed-slot (eager) and compiled decoding give the edited forward's tokens and logits."""
     torch.manual_seed(0)
     model = X0Residual(tiny_model().cfg).eval()
-    ids = torch.tensor([[5, 9, 3, 7, 11, 2]])
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2]]))
     with torch.inference_mode():
         expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
         plain = Model(model.cfg).eval()
         plain.load_state_dict(model.state_dict(), strict=False)
         assert [greedy_reference(plain, p, max_len=40) for p in PROMPTS] != expected  # the edit matters
-        full = model(ids)[0][:, -1]
-        cache = model.new_cache(1, max_positions=8)
-        model(ids[:, :-1], cache=cache)
-        cache.start_static_writes()
-        step = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
-    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
     assert gen(model, PROMPTS, 40) == expected  # the growing cache
     assert gen(model, PROMPTS, 40, compile="on") == expected  # the fixed-slot step under torch.compile
     monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
