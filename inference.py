@@ -18,13 +18,9 @@ import sys
 from dataclasses import dataclass
 
 from config import DEVICES, DTYPES
-from machinery.cli import UsageError, build, parse_typed, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
 from machinery.generation import GenerationConfig, SamplingConfig, generate
 from machinery.validation import Validated
-
-# old flag -> option: command lines written for earlier versions keep working
-ALIASES = {"temp": "temperature", "max_len": "max_new_tokens"}
-ALIAS_NOTE = "Aliases (earlier names): " + ", ".join(f"--{old} = --{new}" for old, new in ALIASES.items())
 
 
 @dataclass
@@ -48,12 +44,6 @@ def split_prompts(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         at = argv.index("--")
         argv, rest = argv[:at], argv[at + 1:]
     overrides, positional = split_args(argv)
-    for old, new in ALIASES.items():
-        if old in overrides:
-            if new in overrides:
-                raise UsageError(f"--{old} and --{new} are the same option: give one")
-            field_type = {"temp": float, "max_len": int}[old]
-            overrides[new] = parse_typed(field_type, old, overrides.pop(old))
     return overrides, positional + rest
 
 
@@ -75,10 +65,10 @@ def parse_args(argv: list[str]):
     """(model, prompts, SamplingConfig, GenerationConfig, RunOptions), or None when help was printed."""
     overrides, positional = split_prompts(argv)
     sections = [("Sampling", SamplingConfig), ("Generation", GenerationConfig), ("Run", RunOptions)]
-    if print_help_if_asked(overrides, usage=__doc__, sections=sections, extra=ALIAS_NOTE):
+    if print_help_if_asked(overrides, usage=__doc__, sections=sections):
         return None
     sampling, options, run = (build(cls, overrides) for _, cls in sections)
-    reject_unknown(overrides, *(cls for _, cls in sections), extra=tuple(ALIASES))
+    reject_unknown(overrides, *(cls for _, cls in sections))
     if not positional:
         raise UsageError("give a model name or path, and at least one prompt")
     model, prompts = positional[0], positional[1:]

@@ -298,7 +298,7 @@ def cli(*args):
 
 
 def test_cli_prints_each_prompt_with_its_continuation(run_dir):
-    code, out, err = cli(run_dir, "Hello", "The cat", "--temp=0", "--max_len=5", "--device=cpu", "--dtype=float32")
+    code, out, err = cli(run_dir, "Hello", "The cat", "--temperature=0", "--max_new_tokens=5", "--device=cpu", "--dtype=float32")
     assert code == 0, err
     assert "=== prompt 1/2: 'Hello'" in out and "=== prompt 2/2: 'The cat'" in out
     model, tok, _, _ = tools.load_model(run_dir)  # the texts are those of the library call
@@ -307,36 +307,34 @@ def test_cli_prints_each_prompt_with_its_continuation(run_dir):
 
 
 def test_cli_options(run_dir):
-    code, out, err = cli(run_dir, "Hi", "--temp=1", "--top_k=5", "--top_p=0.9", "--min_p=None", "--seed=1",
-                         "--num_samples=2", "--show_tokens", "--max_len=4", "--dtype=bfloat16")
+    code, out, err = cli(run_dir, "Hi", "--temperature=1", "--top_k=5", "--top_p=0.9", "--min_p=None", "--seed=1",
+                         "--num_samples=2", "--show_tokens", "--max_new_tokens=4", "--dtype=bfloat16")
     assert code == 0, err
     assert "(sample 1/2)" in out and "(sample 2/2)" in out and "--- tokens" in out
-    assert cli(run_dir, "Hi", "--temp=1", "--seed=1", "--max_len=8")[1] == \
-        cli(run_dir, "Hi", "--temp=1", "--seed=1", "--max_len=8")[1]
-    code, out, _ = cli(run_dir, "--temp=0", "--max_len=2", "--", "--not a flag")
+    assert cli(run_dir, "Hi", "--temperature=1", "--seed=1", "--max_new_tokens=8")[1] == \
+        cli(run_dir, "Hi", "--temperature=1", "--seed=1", "--max_new_tokens=8")[1]
+    code, out, _ = cli(run_dir, "--temperature=0", "--max_new_tokens=2", "--", "--not a flag")
     assert code == 0 and "'--not a flag'" in out
 
 
 @pytest.mark.parametrize("args, message", [
     (["no_such_model_xyz", "hi"], "no model named 'no_such_model_xyz'"),
     (["{tmp}", "hi"], "not a run folder"),
-    (["{run}", "hi", "--temp=-1"], "SamplingConfig.temperature=-1.0 is invalid: must be a number in [0.0, inf]"),
-    (["{run}", "hi", "--temp=warm"], "--temp='warm' is not a valid float"),
-    (["{run}", "hi", "--temp=1e-45"], "temperature=1e-45 is invalid: too small, it makes NaN probabilities"),
-    (["{run}", "hi", "--temperature=1e-45"], "temperature=1e-45 is invalid: too small"),
-    (["{run}", "hi", "--temp=1", "--temperature=1"], "--temp and --temperature are the same option"),
+    (["{run}", "hi", "--temperature=-1"], "SamplingConfig.temperature=-1.0 is invalid: must be a number in [0.0, "),
+    (["{run}", "hi", "--temperature=warm"], "--temperature='warm' is not a valid float"),
+    (["{run}", "hi", "--temperature=1e-45"], "temperature=1e-45 is invalid: too small, it makes NaN probabilities"),
+    (["{run}", "hi", "--temp=1"], "unknown option --temp. Did you mean: --temperature"),
     (["{run}", "hi", "--top_p=2"], "top_p"),
     (["{run}", "hi", "--top_k=0"], "top_k"),
     (["{run}", "hi", "--min_p=-1"], "min_p"),
-    (["{run}", "hi", "--max_len=0"], "GenerationConfig.max_new_tokens=0 is invalid: must be an integer >= 1"),
-    (["{run}", "hi", "--max_new_tokens=0"], "max_new_tokens=0"),
-    (["{run}", "hi", "--max_len"], "--max_len='true' is not a valid int"),
+    (["{run}", "hi", "--max_new_tokens=0"], "GenerationConfig.max_new_tokens=0 is invalid: must be an integer >= 1"),
+    (["{run}", "hi", "--max_new_tokens"], "--max_new_tokens='true' is not a valid int"),
     (["{run}", "hi", "--num_samples=0"], "num_samples"),
     (["{run}", "hi", "--seed=-1"], "seed=-1"),
     (["{run}", "hi", "--compile=maybe"], "compile='maybe' is invalid: allowed values are 'auto', 'on', 'off'"),
     (["{run}", "hi", "--device=tpu"], "RunOptions.device='tpu' is invalid: allowed values are 'auto', 'cpu'"),
     (["{run}", "hi", "--dtype=float16"], "RunOptions.dtype='float16' is invalid"),
-    (["{run}", "hi", "--tmep=1"], "unknown option --tmep. Did you mean: --temp"),
+    (["{run}", "hi", "--temprature=1"], "unknown option --temprature. Did you mean: --temperature"),
     (["{run}", ""], "empty prompt"),
     (["{run}", "ok", "caf\udce9"], "prompt 2 is not valid UTF-8 text (byte e9 at character 3)"),
     (["{run}"], "no prompt given"),
@@ -356,15 +354,8 @@ def test_cli_help_lists_every_option_with_its_default():
     for cls in (SamplingConfig, GenerationConfig, inference.RunOptions):
         for field in dataclasses.fields(cls):
             assert f"--{field.name} (" in out and f"default {field.default!r}" in out, field.name
-    assert "--temp = --temperature" in out and "--max_len = --max_new_tokens" in out
     code, out, _ = cli("--help=top_p")
     assert code == 0 and "--top_p (float or None, default None)" in out
-
-
-def test_cli_aliases_mean_the_new_options(run_dir):
-    new = cli(run_dir, "Hi", "--temperature=0", "--max_new_tokens=4", "--device=cpu")
-    old = cli(run_dir, "Hi", "--temp=0", "--max_len=4", "--device=cpu")
-    assert new[0] == old[0] == 0 and new[1] == old[1]
 
 
 def broken_run(run_dir: Path, tmp_path: Path, how: str) -> Path:
@@ -395,7 +386,7 @@ def test_cli_in_real_processes(run_dir, tmp_path):
     """The same entry point as a user runs it: exit codes and stderr of real processes (run concurrently,
     since each pays for importing torch)."""
     cases = {
-        "ok": ([run_dir, "Once", "--temp=0", "--max_len=3"], 0, ""),
+        "ok": ([run_dir, "Once", "--temperature=0", "--max_new_tokens=3"], 0, ""),
         "unknown": (["no_such_model_xyz", "hi"], 2, "no model named"),
         "corrupt": ([broken_run(run_dir, tmp_path, "corrupt"), "hi"], 2, "corrupt"),
         "flag": ([run_dir, "hi", "--top_p=2"], 2, "top_p"),
