@@ -41,6 +41,8 @@ RENAMED_FIELDS: dict[str, str] = {
     "second_resid_norm": "post_sublayer_norm",   # Gemma-2's "sandwich" norm after each sublayer
     "scale_first_resid": "scale_embeddings",     # it multiplies the token embeddings by sqrt(dim)
     "eval_samples": "eval_batches",  # it always counted batches
+    "eps": "norm_eps",                 # one of two epsilons: the norms'
+    "epsilon": "adamw_eps",            # the other: AdamW's
 }
 
 
@@ -77,7 +79,7 @@ class ModelConfig(_Validated):
     norm_type: str = "RMSNorm"          # 'RMSNorm', 'LayerNorm', 'CosineNorm'
     norm_affine: bool = True            # learnable scale in each norm
     norm_bias: bool = False             # learnable bias in each norm (needs norm_affine)
-    eps: float = 1e-6                   # added inside the norm's square root
+    norm_eps: float = 1e-6              # added inside the norm's square root
     post_sublayer_norm: bool = False    # also normalize each sublayer's output before adding it (Gemma-2 sandwich)
     scale_embeddings: bool = False      # multiply the token embeddings by sqrt(dim) (Gemma style)
     # --- linear layers and output ---
@@ -114,7 +116,7 @@ class ModelConfig(_Validated):
         self._choice("norm_type", NORM_TYPES)
         self._float("theta", lo=0, lo_open=True)
         self._float("mlp_hidden_mult", lo=0, hi=MAX_MLP_WIDTH_MULT, lo_open=True)
-        self._float("eps", lo=0, hi=1, lo_open=True)
+        self._float("norm_eps", lo=0, hi=1, lo_open=True)
         self._float("init_std", lo=0, lo_open=True)
         self._float("logit_softcap", lo=0, lo_open=True, optional=True)
         for name in ("dropout_embed", "dropout_attn", "dropout_resid"):
@@ -191,7 +193,7 @@ class TrainConfig(_Validated):
     optimizer: str = "adamw"            # 'adamw', or 'muon' (Muon for hidden matrices, AdamW for the rest)
     beta1: float = 0.9                  # AdamW's decay rate of the gradient mean (momentum)
     beta2: float = 0.95                 # AdamW's decay rate of the squared-gradient mean
-    epsilon: float = 1e-8               # AdamW's denominator guard
+    adamw_eps: float = 1e-8             # AdamW's denominator guard
     weight_decay: float = 0.1           # not applied to norms, biases or embeddings
     grad_clip: float = 1.0              # max global grad norm; 0 = off
     muon_lr: float = 0.02               # learning rate of Muon's matrices (scaled by the same schedule)
@@ -228,9 +230,7 @@ class TrainConfig(_Validated):
         for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             self._int(name)
-        self._int("seed", minimum=0)
-        if self.seed > MAX_SEED:
-            self._fail("seed", f"must be at most 2**64 - 1 = {MAX_SEED} (torch.manual_seed's range)")
+        self._int("seed", minimum=0, maximum=MAX_SEED)  # torch.manual_seed's range
         for name in ("cache_dir", "text_field"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 self._fail(name, "must not be empty" + (" (it would write into the current folder)"
@@ -246,7 +246,7 @@ class TrainConfig(_Validated):
         self._float("val_fraction", lo=0, hi=0.5, lo_open=True)
         self._float("beta1", hi=0.9999)
         self._float("beta2", hi=0.9999)
-        self._float("epsilon", lo=0, lo_open=True)
+        self._float("adamw_eps", lo=0, lo_open=True)
         self._float("weight_decay")
         self._float("grad_clip")
         self._float("muon_lr", lo=0, lo_open=True)
@@ -285,9 +285,9 @@ class TrainConfig(_Validated):
 # ---------------------------------------------------------------------------------------------------
 # Presets: named overrides of either config's fields. `python train.py --preset=NAME`.
 _GPT2 = dict(pos_enc_type="learnable", norm_type="LayerNorm", norm_bias=True, mlp_nonlinearity="GeLU",
-             mlp_gated=False, linear_bias=True, eps=1e-5)
+             mlp_gated=False, linear_bias=True, norm_eps=1e-5)
 _LLAMA3 = dict(pos_enc_type="RoPE", norm_type="RMSNorm", mlp_nonlinearity="SiLU", mlp_gated=True,
-               linear_bias=False, theta=500_000.0, eps=1e-5)
+               linear_bias=False, theta=500_000.0, norm_eps=1e-5)
 _GPU = dict(dtype="auto", compile=True, micro_batch_size=16, eval_interval=250, checkpoint_interval=1000,
             max_iters=20_000, warmup_iters=700, lr_max=6e-4, lr_min=6e-5, tokenizer="bpe_fineweb-edu",
             vocab_len=32768, dataset="HuggingFaceFW/fineweb-edu", data_subset="sample-10BT", streaming=True)

@@ -27,7 +27,7 @@ import torch
 
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from machinery.cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
-from machinery.data.sources import HubUnreachableError
+from machinery.data.hub import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
 from machinery.run import distributed, runs
 from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
@@ -145,18 +145,18 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
                       state.step if resume else None)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
-    T, world = model_cfg.max_seq_len, machine.dist.world_size
-    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
+    T, world_size = model_cfg.max_seq_len, machine.dist.world_size
+    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world_size
     machine.say(f"{'resuming ' if saved else ''}{run_dir.name}"
                 f"{f' from step {state.step} ({checkpoint})' if saved else ''}: "
                 f"{model.get_num_params() / 1e6:.2f}M parameters, {machine.device.type} {str(machine.dtype)[6:]}, "
-                f"{world} process(es), {tokens_per_step:,} tokens/step, "
+                f"{world_size} process(es), {tokens_per_step:,} tokens/step, "
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
                         enabled=machine.is_main)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
-        mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
+        mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world_size)
     run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
               tokenizer.bos_id, mfu_per_token_s)
     try:

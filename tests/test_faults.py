@@ -65,7 +65,6 @@ def env(base, tmp_path, monkeypatch, sample_data_module):
     trained = tmp_path / "trained"
     shutil.copytree(base / "trained", trained)
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
-    monkeypatch.setattr(tools, "TRAINED_DIR", trained)
     return trained, lambda **extra: settings(sample_data_module, base / "cache", **extra)
 
 

@@ -139,3 +139,16 @@ def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_pa
         expected = model(ids)[0]
         assert (hf(ids).logits - expected).abs().max().item() <= 1e-5
         assert (again(ids)[0] - expected).abs().max().item() <= 1e-6  # imported with the ones and zeros
+
+
+def test_a_weight_our_mapping_does_not_take_stops_the_import(tmp_path):
+    """A checkpoint holding a weight config.json does not explain (here a gate on layer 1's attention output)
+    is refused by name, not loaded without it."""
+    from safetensors.torch import load_file, save_file
+    save_hf("llama", tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.layers.1.self_attn.o_gate.weight"] = torch.zeros(32, 32)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_gate\.weight have no place in our "
+                                         r"LlamaForCausalLM mapping \(machinery/interop/llama\.py\)"):
+        hf_import.read_folder(tmp_path)

@@ -37,7 +37,6 @@ def tiny(cache: Path, **extra) -> list[str]:
 
 
 def _point_dirs(mp: pytest.MonkeyPatch, root: Path) -> None:
-    mp.setattr(tools, "TRAINED_DIR", root / "trained")
     mp.setenv("TEMPLATEGPT_TRAINED_DIR", str(root / "trained"))
     mp.setenv("TEMPLATEGPT_SWEEPS_DIR", str(root / "sweeps"))
 

@@ -15,6 +15,7 @@ import torch
 
 import tools
 import train
+from machinery.run import runs
 from machinery.run.checkpoint import latest_checkpoint
 from machinery.run.run_log import COLUMNS
 from tests.helpers import deterministic, read_log
@@ -37,14 +38,6 @@ def tiny_args(sample_data: Path, cache: Path, name: str = "run", **extra) -> lis
                     warmup_iters=2, lr_max=3e-3, lr_min=3e-4, dtype="float32", device="cpu", model_name=name)
     settings.update(extra)
     return [f"--{k}={v}" for k, v in settings.items()]
-
-
-@pytest.fixture
-def trained_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
-    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
-    return path
 
 
 def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
@@ -252,7 +245,7 @@ def test_help_for_one_field(capsys):
 
 def test_old_name_eval_samples_still_loads(tmp_path):
     """Runs saved before eval_samples became eval_batches (the shipped ones) keep loading."""
-    model_cfg, train_cfg = tools.load_configs(ROOT / "trained" / "llama3_atto")
+    model_cfg, train_cfg = runs.load_configs(ROOT / "trained" / "llama3_atto")
     assert train_cfg.eval_batches == json.loads((ROOT / "trained/llama3_atto/train_config.json").read_text())["eval_samples"]
     from machinery.cli import build_configs
     assert build_configs({"eval_samples": "3"})[1].eval_batches == 3

@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from machinery.data.file_errors import first_broken_file
-from machinery.data.hub import HubUnreachableError, hub_call  # noqa: F401 (HubUnreachableError: re-exported)
+from machinery.data.hub import hub_call
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from machinery.sweeps.definition import RunPlan, Sweep
-from machinery.sweeps.runner import run_state, trained_dir
+from machinery.run.runs import trained_dir
+from machinery.sweeps.runner import run_state
 from machinery.sweeps.stats import TEST_NAME, sample_var, welch
 
 METRIC = "best_val_loss"  # what the test compares: each run's lowest validation loss
