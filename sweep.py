@@ -31,8 +31,8 @@ them by name. The sweep's definition, the code it was made from, logs and report
 Re-running the same command skips finished runs, resumes interrupted ones exactly, and adds only the runs a
 changed grid or --seeds asks for. A re-run may leave out what it keeps: the recorded preset, shared settings,
 variants and seeds fill in (`--name=NAME --seeds=5` adds two seeds). Changed shared settings are refused
-(naming only those that differ) unless --overwrite; runs from changed code are refused, naming the files,
-unless --allow_code_change. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran),
+(naming only those that differ) unless --overwrite (every run retrained with the settings as updated);
+runs from changed code are refused, naming the files, unless --allow_code_change. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran),
 2 bad command line or a refusal."""
 
 
@@ -85,7 +85,7 @@ def parse_args(argv: list[str]) -> tuple[SweepOptions, Sweep | None] | None:
     if not (grids or named or overrides or preset or seeds_given):
         return options, None
     return options, Sweep.from_command(options.name, preset, overrides, grids, named, options.seed_list(),
-                                       seeds_given, inherit=not options.overwrite)
+                                       seeds_given)
 
 
 def check_against_saved(sweep: Sweep) -> None:

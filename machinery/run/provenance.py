@@ -84,13 +84,15 @@ def _git_state(root: Path) -> dict:
         raise GitUnavailable("not inside a git work tree")
     head = git(["rev-parse", "--verify", "--quiet", "HEAD"], root, check=False).strip() or None
     branch = git(["rev-parse", "--abbrev-ref", "HEAD"], root, check=False).strip() if head else None
-    listed = [p for p in _names(git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], root))
+    skip = ["--", ".", *(f":(exclude){d}" for d in sorted(SKIP_DIRS))]  # never list a big data or results folder
+    listed = [p for p in _names(git(["ls-files", "-z", "--cached", "--others", "--exclude-standard", *skip], root))
               if is_source(p)]
-    untracked = [p for p in _names(git(["ls-files", "-z", "--others", "--exclude-standard"], root)) if is_source(p)]
+    untracked = [p for p in _names(git(["ls-files", "-z", "--others", "--exclude-standard", *skip], root))
+                 if is_source(p)]
     changed = []
     if head:  # staged and unstaged changes of tracked files, deletions included
-        changed = [p for p in _names(git(["diff", "-z", "--name-only", "--no-renames", "--relative", "HEAD"], root))
-                   if is_source(p)]
+        changed = [p for p in _names(git(["diff", "-z", "--name-only", "--no-renames", "--relative", "HEAD", *skip],
+                                         root)) if is_source(p)]
     else:  # no commit yet: every file counts as new
         untracked = listed
     return {"commit": head, "branch": branch if branch != "HEAD" else None, "files": sorted(set(listed)),
@@ -176,7 +178,7 @@ def code_patch(state: dict, root: Path = PROJECT_ROOT, limit: int = MAX_DIFF_BYT
             kept.append(patch)
             size += len(patch.encode())
     base = f"commit {state['commit']}" if state["commit"] else "an empty tree (no commit yet)"
-    header = [f"# templateGPT: the source files' uncommitted changes against {base}, when the run started.",
+    header = [f"# templateGPT: the source files' uncommitted changes against {base}, when this session started.",
               f"# Rebuild that code: git checkout {state['commit'] or '<empty>'} && git apply <this file>"]
     header += [f"# LEFT OUT: {o['path']}: {o['why']}" for o in omitted]
     return "\n".join(header) + "\n" + "".join(kept), omitted

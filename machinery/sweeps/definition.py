@@ -155,7 +155,7 @@ class Sweep:
     def from_command(cls, name: str, preset: str | None, fixed: dict, grids: list, named: list, seeds: list,
                      seeds_given: bool, inherit: bool = True) -> "Sweep":
         """The sweep a command asks for. When the sweep is recorded (and inherit), what the command leaves out
-        is the recorded one's: the preset, each shared setting neither given again nor now swept, the variants
+        is the recorded one's (with --overwrite too: to drop a setting, give its default or use a new name): the preset, each shared setting neither given again nor now swept, the variants
         when no --grid/--variant is given, the seeds when no --seeds; and the recorded code. So
         `python sweep.py --name=X --seeds=5` adds seeds and `--name=X --max_iters=600` changes one setting."""
         if not inherit or not (sweeps_dir() / name / "sweep.json").is_file():
