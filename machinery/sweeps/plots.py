@@ -51,8 +51,8 @@ def plot_final_metric(sweep, runs: pd.DataFrame, metric: str, path: Path) -> Non
     crowded = len(names) > 3
     ax.set_xticks(range(len(names)), names, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(metric)
-    hollow = " (hollow: still improving)" if runs["still_improving"].astype(bool).any() else ""
-    ax.set_title(f"{metric}: mean ± std over seeds (dots: each seed{hollow})")
+    hollow = "; hollow: still improving" if runs["still_improving"].astype(bool).any() else ""
+    ax.set_title(f"{metric}: mean ± std over seeds\n(dots: each seed{hollow})")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
