@@ -9,6 +9,8 @@ From Python (and model_comparison.ipynb):
     mc.plot_losses(runs, x="flops", logx=True)
     table = mc.summary_table(runs, mc.load_texts(max_texts=80))   # no texts: the table from the logs alone
     mc.plot_topk(table)
+    mc.plot_cost(table)                    # best loss against wall time, FLOPs and peak memory
+    print(mc.code_diff(tools.resolve_run("a"), tools.resolve_run("b")))   # what changed in the code
 
 The curves need only each run's log_data.csv. Bits per byte and top-k accuracy need validation text: the
 TinyStories stories bundled in data/samples by default, any file or dataset with --val_data; when none can
@@ -21,32 +23,37 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
+import tools
 from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
+from machinery.comparison.code import code_diff, code_differences
 from machinery.comparison.metrics import bits_per_byte, topk_accuracy
-from machinery.comparison.plots import X_AXES, plot_losses, plot_metric, plot_topk
+from machinery.comparison.plots import X_AXES, plot_cost, plot_losses, plot_metric, plot_topk
 from machinery.comparison.report import evaluate_run, log_summary, summary_table, to_markdown
 from machinery.comparison.runs import Run, config_differences, load_run, load_runs
 from machinery.comparison.texts import DEFAULT_VAL_DATA, load_texts
 
-__all__ = ["Run", "load_run", "load_runs", "config_differences", "plot_metric", "plot_losses", "plot_topk",
-           "X_AXES", "load_texts", "DEFAULT_VAL_DATA", "bits_per_byte", "topk_accuracy", "evaluate_run",
+__all__ = ["Run", "load_run", "load_runs", "config_differences", "code_differences", "code_diff", "plot_metric",
+           "plot_losses", "plot_topk", "plot_cost", "X_AXES", "load_texts", "DEFAULT_VAL_DATA", "bits_per_byte", "topk_accuracy", "evaluate_run",
            "log_summary", "summary_table", "to_markdown", "main"]
 
 USAGE = """usage: python model_comparison.py RUN [RUN ...] --out=DIR [--key=value ...]
 
 Compare trained runs (names in trained/ or run folder paths): writes loss curves against step, training
-tokens, wall time and FLOPs (loss_vs_*.png), top-k accuracy (topk_accuracy.png) and a table (summary.csv,
-summary.md) with bits per byte, top-k accuracy, losses, speed and the config fields that differ.
+tokens, training time, wall-clock time and FLOPs (loss_vs_*.png), the best loss against wall time, FLOPs and
+peak memory (cost.png), top-k accuracy (topk_accuracy.png) and a table (summary.csv, summary.md) with bits
+per byte, top-k accuracy, losses, whether each run was still improving, speed, time, FLOPs, peak memory, the
+config fields that differ and the source files that differ from the first run's code (code_diff).
 `--key value` works as well as `--key=value`.
 
-       python model_comparison.py --sweep=NAME     a sweep's report (see sweep.py): means over seeds, p-values"""
+       python model_comparison.py --sweep=NAME          a sweep's report (see sweep.py): means over seeds, p-values
+       python model_comparison.py --code_diff RUN_A RUN_B   the diff between the code two runs started with"""
 
 
 @dataclass
 class ComparisonOptions:
     # --- output ---
     out: Optional[str] = None           # folder for the plots and the table (required)
-    x: Optional[str] = None             # x axis of the loss curves: step, tokens, elapsed_s or flops; None: all four
+    x: Optional[str] = None             # x axis of the loss curves: step, tokens, elapsed_s, wall_s or flops; None: all
     # --- evaluation (bits per byte, top-k accuracy) ---
     val_data: Optional[str] = DEFAULT_VAL_DATA  # validation texts: a .jsonl/.json file or any --dataset; None: skip
     max_texts: int = 200                # evaluate on the first N texts
@@ -110,11 +117,36 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def print_code_diff(argv: list[str]) -> int:
+    """`--code_diff RUN_A RUN_B` (or --code_diff=RUN_A RUN_B): the diff between the code two runs started with."""
+    names = [a.partition("=")[2] if a.startswith("--code_diff=") else a for a in argv if a != "--code_diff"]
+    if len(names) != 2 or any(n.startswith("--") or not n for n in names):
+        print("error: --code_diff takes two runs and nothing else: --code_diff RUN_A RUN_B", file=sys.stderr)
+        return 2
+    try:
+        a, b = (tools.resolve_run(n) for n in names)
+        print(code_diff(a, b), end="")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _missing_axis(runs: dict, x: str) -> str | None:
+    """A note when some run's log lacks the column of axis x (logged before it existed)."""
+    lacking = [name for name, run in runs.items() if x != "flops" and x not in run.log.columns]
+    if lacking:
+        return f"note: loss_vs_{x}.png left out: {', '.join(lacking)} logged no {x} (made before it was recorded)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith("--sweep=") for a in argv):  # a sweep's report (see sweep.py)
         from machinery.sweeps.report import main as sweep_report
         return sweep_report(argv)
+    if any(a == "--code_diff" or a.startswith("--code_diff=") for a in argv):
+        return print_code_diff(argv)
     import matplotlib
     matplotlib.use("Agg")  # files only: works without a display
     from machinery.fileio import write_text
@@ -131,10 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(options.out)
         out.mkdir(parents=True, exist_ok=True)
         for x in [options.x] if options.x else list(X_AXES):
+            skipped = _missing_axis(runs, x)
+            if skipped:
+                print(skipped, file=sys.stderr)
+                continue
             _save(plot_losses(runs, x=x, logx=x == "flops"), out / f"loss_vs_{x}.png")
         table = summary_table(runs, texts, device=options.device)
         if texts:
             _save(plot_topk(table).figure, out / "topk_accuracy.png")
+        _save(plot_cost(table), out / "cost.png")
         markdown = to_markdown(table)
         write_text(out / "summary.csv", table.to_csv())
         write_text(out / "summary.md", markdown)

@@ -44,7 +44,7 @@ def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
     assert train.main(tiny_args(sample_data, data_cache)) == 0
     run = trained_dir / "run"
     for name in ("model_config.json", "train_config.json", "model.safetensors", "log_data.csv",
-                 "training_curves.png"):
+                 "training_curves.png", "provenance.json", "summary.json"):
         assert (run / name).is_file(), name
     assert (run / "training_curves.png").read_bytes().startswith(b"\x89PNG")
     rows = read_log(run)
@@ -53,6 +53,7 @@ def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
     assert int(rows[-1]["tokens"]) == 12 * 4 * 32
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
     assert all(float(r["tokens_per_sec"]) > 0 and float(r["grad_norm"]) > 0 for r in rows)
+    assert all(float(r["wall_s"]) >= float(r["elapsed_s"]) and float(r["peak_memory_mb"]) > 0 for r in rows)
     assert latest_checkpoint(run).name == "step_12"
     saved = json.loads((run / "model_config.json").read_text())
     assert saved["vocab_len"] == 512 and saved["head_dim"] == 8

@@ -106,7 +106,7 @@ def test_run_log_resume_drops_rows_after_the_checkpoint(tmp_path):
     log = RunLog(tmp_path / "log.csv")
     for step in (10, 20, 30):
         log.append(dict(step=step, tokens=step * 8, elapsed_s=1.0, tokens_per_sec=2.0, train_loss=0.1 + step,
-                        val_loss=0.3, perplexity=1.3, lr=1e-3, grad_norm=0.5, mfu=0.01))
+                        val_loss=0.3, perplexity=1.3, lr=1e-3, grad_norm=0.5, mfu=0.01, wall_s=2.0, peak_memory_mb=9.0))
     resumed = RunLog.resume(tmp_path / "log.csv", up_to_step=20)
     assert [int(r["step"]) for r in resumed.rows] == [10, 20]
     assert float(resumed.rows[0]["train_loss"]) == 10.1  # repr(float) round-trips exactly
@@ -126,13 +126,17 @@ def test_run_state_saves_and_restores_whole(tmp_path):
     import dataclasses
 
     from machinery.run.run_state import RunState
-    state = RunState(step=7, tokens=896, elapsed_s=1.5, best_val=2.25, interval_steps=3, interval_tokens=384,
-                     interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
+    state = RunState(step=7, tokens=896, elapsed_s=1.5, wall_s=10.0, best_val=2.25, interval_steps=3,
+                     interval_tokens=384, interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
     state.add_step(torch.tensor(2.0), tokens=128, seconds=0.25)
     state.capture_rng(torch.device("cpu"))
     torch.save({**state.to_dict(), "optimizers": []}, tmp_path / "state.pt")
+    saved_at = state.wall_time()
     back = RunState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert 10.0 < back.wall_s <= saved_at and back.wall_time() >= back.wall_s  # the clock goes on from the save
     for f in dataclasses.fields(RunState):
+        if f.name == "wall_s":
+            continue
         a, b = getattr(state, f.name), getattr(back, f.name)
         assert torch.equal(a, b) if f.name == "interval_loss" else (
             torch.equal(a["torch"], b["torch"]) if f.name == "rng" else a == b), f.name

@@ -59,6 +59,15 @@ def mean_across_ranks(value: torch.Tensor, dist: Dist) -> torch.Tensor:
     return value
 
 
+def max_across_ranks(value: float, dist: Dist, device: torch.device) -> float:
+    """The largest of every process's value (e.g. peak memory: the rank that needs the most sets the cost)."""
+    if dist.enabled:
+        value = torch.tensor(float(value), device=device)
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return value.item()
+    return value
+
+
 def wrap_model(model: nn.Module, dist: Dist, parallel: str, device: torch.device) -> nn.Module:
     """DDP replicates the model and averages gradients; FSDP2 shards each block's parameters."""
     if not dist.enabled:

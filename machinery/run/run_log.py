@@ -8,8 +8,9 @@ from pathlib import Path
 from machinery.fileio import write_text
 
 COLUMNS = ["step", "tokens", "elapsed_s", "tokens_per_sec", "train_loss", "val_loss", "perplexity", "lr",
-           "grad_norm", "mfu"]
-TIMING_COLUMNS = {"elapsed_s", "tokens_per_sec", "mfu"}  # wall-clock: differ between identical runs
+           "grad_norm", "mfu", "wall_s", "peak_memory_mb"]  # new columns go last: older logs are a prefix
+FIRST_COLUMNS = COLUMNS[:10]  # the oldest logs' header
+TIMING_COLUMNS = {"elapsed_s", "tokens_per_sec", "mfu", "wall_s", "peak_memory_mb"}  # differ between identical runs
 
 
 class RunLog:
@@ -24,10 +25,11 @@ class RunLog:
         if Path(path).is_file():
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames != COLUMNS:
+                header = reader.fieldnames or []
+                if len(header) < len(FIRST_COLUMNS) or header != COLUMNS[:len(header)]:
                     raise ValueError(f"{path} is not this run's log: its header is {reader.fieldnames}, "
                                      f"expected {','.join(COLUMNS)}; restore it or move it away to resume")
-                rows = [r for r in reader if int(r["step"]) <= up_to_step]
+                rows = [r for r in reader if int(r["step"]) <= up_to_step]  # older rows: the new columns blank
         return cls(path, rows)
 
     def append(self, row: dict) -> None:
