@@ -157,6 +157,7 @@ def _judge(options: ComparisonOptions, runs: dict, out: Path) -> dict:
         write_text(out / "judge.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
     endpoint = options.endpoint()
+    endpoint.check_reachable()
     beginnings = judge.story_beginnings(options.judge_stories)
     print(f"judge: {endpoint.model} at {endpoint.endpoint_url} grades {len(beginnings)} continuations of "
           f"{len(runs)} run(s)", file=sys.stderr)

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -64,6 +65,18 @@ class Endpoint:
         if self.endpoint_url.endswith("/chat/completions"):
             return {**body, "messages": [{"role": "user", "content": prompt}]}
         return {**body, "prompt": prompt}
+
+    def check_reachable(self) -> None:
+        """ApiError unless a TCP connection to the endpoint's host opens: a wrong URL is said at once, before
+        any work that would wait for the judge (no request is sent, nothing is billed)."""
+        parts = urllib.parse.urlsplit(self.endpoint_url)
+        if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+            return  # through a proxy: the first request will tell
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=min(self.timeout, 10)).close()
+        except OSError as e:
+            raise ApiError(f"cannot reach {self.endpoint_url}: {e}") from None
 
     def complete(self, prompt: str) -> str:
         """The answer's text."""
