@@ -141,3 +141,34 @@ def plot_cost(table: pd.DataFrame, group: str | None = None, title: str = ""):
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
     fig.suptitle(title or "best validation loss against what it cost")
     return fig
+
+
+def plot_judge(summary: dict):
+    """The judge's grades per run with 95% confidence intervals: mean grade per criterion (1-10) on the left,
+    the mean guessed age in years on the right. `summary`: machinery/evaluation/judge.summarize()'s result.
+    Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from machinery.evaluation.judge import CRITERIA
+    fig, (grades, age) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=(3, 1), layout="constrained")
+    width = 0.8 / max(len(summary), 1)
+    for i, (name, s) in enumerate(summary.items()):
+        xs = np.arange(len(CRITERIA)) + (i - (len(summary) - 1) / 2) * width
+        label = f"{name} ({s['graded']} graded, {s['malformed']} malformed)"
+        bars = grades.bar(xs, [s[c].mean for c in CRITERIA], width, yerr=[s[c].ci95 for c in CRITERIA],
+                          capsize=3, label=label)
+        age.bar([i], [s["age"].mean], 0.8, yerr=[s["age"].ci95], capsize=3, color=bars.patches[0].get_facecolor())
+    grades.set_xticks(range(len(CRITERIA)), CRITERIA)
+    grades.set_ylim(0, 10)
+    grades.set_ylabel("mean grade (1-10), 95% CI")
+    grades.set_title("judge's grades of the story continuations")
+    age.set_xticks(range(len(summary)), list(summary), rotation=30, ha="right")
+    age.set_ylabel("guessed age of the writer (years)")
+    age.set_title("age group")
+    for ax in (grades, age):
+        ax.grid(alpha=0.3, axis="y")
+    if summary:
+        fig.legend(*grades.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(summary), 2),
+                   frameon=False)
+    return fig

@@ -1,6 +1,7 @@
 """The summary table: one row per run with its log statistics and costs (time, FLOPs, peak memory), an
-evaluation of its saved weights on the same validation texts (when there are any), and the config fields
-and source files that differ between the runs."""
+evaluation of its saved weights on the same validation texts (when there are any), the results evaluate.py
+saved in its folder (task/metric columns), the judge's grades (when given), and the config fields and
+source files that differ between the runs."""
 from __future__ import annotations
 
 import math
@@ -50,21 +51,44 @@ def evaluate_run(name, texts: list[str], k_max: int = 5, seq_len: int | None = N
     return row
 
 
-def summary_table(runs, texts: list[str] | None = None, **evaluate_kwargs) -> pd.DataFrame:
+def saved_evaluations(run: Run) -> tuple[dict, list[str]]:
+    """({"task/metric": value}, notes) from the results evaluate.py saved in the run folder, for the run's
+    current weights only (machinery/evaluation/results.py)."""
+    from machinery.evaluation.exports import export_key
+    from machinery.evaluation.results import EVAL_DIR, eval_columns
+    if not (run.path / EVAL_DIR).is_dir():
+        return {}, []
+    weights = run.path / "model.safetensors"
+    return eval_columns(run.path, export_key(run.path) if weights.is_file() else None)
+
+
+def summary_table(runs, texts: list[str] | None = None, judge: dict | None = None,
+                  **evaluate_kwargs) -> pd.DataFrame:
     """One row per run (index: run name). With texts, each run's weights are evaluated on them (bits per
     byte, top-k accuracy; the full top-k lists go to table.attrs['topk_acc'] for plot_topk); without,
     the table holds what the logs say. still_improving: the best validation loss is the last evaluation's (the
-    run had not converged). The last columns: config_diff, the config fields whose values differ between the
-    runs, and code_diff, which source files differ from the first run's code (machinery/comparison/code.py)."""
+    run had not converged). Then the task/metric columns of evaluate.py's saved results, and with `judge`
+    ({run: {column: value}}, machinery/evaluation/judge.judge_columns) the judge's grades. The last columns:
+    code_diff, which source files differ from the first run's code (machinery/comparison/code.py), and
+    config_diff, the config fields whose values differ between the runs. Notes (results left out) are in
+    table.attrs['notes']."""
     runs = as_runs(runs)
     rows = [evaluate_run(run, texts, **evaluate_kwargs) if texts else log_summary(run) for run in runs.values()]
     topk = {row["run"]: row.pop("topk_acc") for row in rows if "topk_acc" in row}
     differences, code = config_differences(runs), code_differences(runs)
-    for row in rows:
+    notes = []
+    for row, run in zip(rows, runs.values()):
+        columns, run_notes = saved_evaluations(run)
+        row.update(columns)
+        row.update((judge or {}).get(row["run"], {}))
+        notes += run_notes
         row["config_diff"] = ", ".join(f"{k}={v}" for k, v in differences[row["run"]].items())
         row["code_diff"] = code[row["run"]]
     table = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(index=pd.Index([], name="run"))
+    if "config_diff" in table.columns:  # last, after every run's own columns
+        table = table[[c for c in table.columns if c != "config_diff"] + ["config_diff"]]
     table.attrs["topk_acc"] = topk
+    table.attrs["notes"] = notes
     return table
 
 
