@@ -169,7 +169,9 @@ class TrainConfig(_Validated):
     dtype: str = "auto"                 # 'auto': bfloat16 autocast on CUDA with bf16 (and AMX CPUs), else float32
     compile: bool = False               # torch.compile the model (CUDA: usually faster; CPU: try it)
     # --- data ---
-    dataset: str = "noanabeshima/TinyStoriesV2"  # hub name, or a local .txt/.jsonl/.json/.parquet file or folder
+    dataset: str = "data/samples/tinystories"  # a local .txt/.jsonl/.json/.parquet file or folder (relative
+                                        # paths: the current folder, else the project's), or a hub name such as
+                                        # 'noanabeshima/TinyStoriesV2'; the default is the bundled sample
     data_subset: Optional[str] = None   # hub config name, e.g. 'sample-10BT' for FineWeb(-Edu)
     streaming: bool = False             # stream from the hub, tokenizing only as much as training needs
     text_field: str = "text"            # column holding the text
@@ -199,7 +201,7 @@ class TrainConfig(_Validated):
     lr_init: float = 1e-5               # lr at step 0, warmed up linearly to lr_max
     lr_max: float = 1e-3                # peak lr
     lr_min: float = 1e-4                # lr at the end of each annealing
-    warmup_iters: int = 100             # linear warmup steps
+    warmup_iters: Optional[int] = None  # linear warmup steps; None -> 10% of max_iters
     final_flat_iters: int = 0           # steps held at lr_min at the very end
     anneal_type: str = "cos"            # 'cos', 'lin', or 'wsd' (warmup-stable-decay)
     wsd_decay_frac: float = 0.2         # 'wsd': the last fraction of annealing steps decays linearly
@@ -239,7 +241,10 @@ class TrainConfig(_Validated):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), str)
                                                     or not getattr(self, name)):
                 self._fail(name, "must be a non-empty string or None")
-        for name in ("warmup_iters", "final_flat_iters", "num_restarts"):
+        self._int("warmup_iters", minimum=0, optional=True)
+        if self.warmup_iters is None:
+            self.warmup_iters = self.max_iters // 10
+        for name in ("final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
         for name in ("compile", "streaming", "doc_masking", "activation_checkpointing"):
             self._bool(name)
