@@ -34,7 +34,7 @@ from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
 from machinery.run.progress import Progress
-from machinery.run.run_log import RunLog
+from machinery.run.run_log import RunLog, TrainLossLog
 from machinery.run.run_state import RunState
 from machinery.run.setup import (Data, Machine, TrainingError, build_model, choose_cpu_threads, load_data,
                                  prepare_training, set_up)
@@ -145,6 +145,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
                       state.step if resume else None)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
+    curve_path = run_dir / "train_loss.csv"  # the training-loss curve: a row per log_interval line
+    curve = TrainLossLog.resume(curve_path, state.step) if resume else TrainLossLog(curve_path)
     T, world = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
     machine.say(f"{'resuming ' if saved else ''}{run_dir.name}"
@@ -154,7 +156,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
-                        enabled=machine.is_main)
+                        enabled=machine.is_main, curve=curve)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
         mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
     run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
@@ -178,7 +180,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         progress.close()
         tracker.finish()
     if machine.is_main and log.rows:
-        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name)
+        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name, train_rows=curve.rows)
     machine.say(f"done: {run_dir} (best val loss {state.best_val:.4f})")
     return {"best_val": state.best_val, **(log.rows[-1] if log.rows else {})}
 

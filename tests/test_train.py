@@ -1,6 +1,7 @@
 """train.py: command line, run folder, exact resume (kill -9 included), non-finite loss, loss regression."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -92,9 +93,15 @@ def test_cli_errors_are_one_clear_line(argv, message, trained_dir, capsys):
     assert message in err and "Traceback" not in err
 
 
+def read_curve(run_dir: Path) -> list[dict]:
+    with open(Path(run_dir) / "train_loss.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_cache, trained_dir, monkeypatch):
-    """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one."""
-    assert train.main(tiny_args(sample_data, data_cache, name="straight")) == 0
+    """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one, and
+    the training curve's rows after it (written before the crash) are dropped and made again."""
+    assert train.main(tiny_args(sample_data, data_cache, name="straight", log_interval=1)) == 0
 
     import machinery.run.checkpoint as ckpt
     real_save, calls = torch.save, {"n": 0}
@@ -107,16 +114,19 @@ def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_ca
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", crash_on_second_checkpoint)
-    assert train.main(tiny_args(sample_data, data_cache, name="crashed")) == 130
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed", log_interval=1)) == 130
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert latest_checkpoint(trained_dir / "crashed").name == "step_4"
-    assert train.main(tiny_args(sample_data, data_cache, name="crashed") + ["--resume"]) == 0
+    assert [int(r["step"]) for r in read_curve(trained_dir / "crashed")] == list(range(1, 9))
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed", log_interval=1) + ["--resume"]) == 0
     assert deterministic(read_log(trained_dir / "crashed")) == deterministic(read_log(trained_dir / "straight"))
+    assert read_curve(trained_dir / "crashed") == read_curve(trained_dir / "straight")
+    assert [int(r["step"]) for r in read_curve(trained_dir / "straight")] == list(range(1, 13))
 
 
 def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained_dir):
     """kill -9 at an arbitrary moment after the first checkpoint; --resume reproduces the log bit for bit."""
-    args = tiny_args(sample_data, data_cache, max_iters=24, checkpoint_interval=5, eval_interval=4)
+    args = tiny_args(sample_data, data_cache, max_iters=24, checkpoint_interval=5, eval_interval=4, log_interval=2)
     assert train.main(args[:-1] + ["--model_name=straight"]) == 0
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -134,6 +144,7 @@ def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming killed from step" in resumed.stdout
     assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
+    assert read_curve(trained_dir / "killed") == read_curve(trained_dir / "straight")
 
 
 def test_corrupt_checkpoint_is_one_clear_line(sample_data, data_cache, trained_dir, capsys):
@@ -211,6 +222,25 @@ def test_a_choice_named_in_config_without_an_implementation_stops_training(field
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{field}={value!r}" in last and "training/" in last
     assert not (trained_dir / "run").exists()
+
+
+def test_training_curve_has_a_point_per_log_line(sample_data, data_cache, trained_dir):
+    """A short run's plot shows a curve: the training loss of every log_interval line (train_loss.csv, as
+    printed), validation at each evaluation."""
+    from machinery.run.curves import training_curves_figure
+    from machinery.run.run_log import TrainLossLog
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=12, eval_interval=6, log_interval=2)) == 0
+    run = trained_dir / "run"
+    curve = read_curve(run)
+    assert list(curve[0]) == TrainLossLog.COLUMNS
+    assert [int(r["step"]) for r in curve] == [2, 4, 6, 8, 10, 12]
+    assert [int(r["tokens"]) for r in curve] == [s * 4 * 32 for s in (2, 4, 6, 8, 10, 12)]
+    train_line, val_line = training_curves_figure(read_log(run), "run", curve).axes[0].lines
+    assert list(train_line.get_xdata()) == [2, 4, 6, 8, 10, 12] and list(val_line.get_xdata()) == [6, 12]
+    assert list(train_line.get_ydata()) == [float(r["train_loss"]) for r in curve]
+    # a run from before train_loss.csv: the training curve is log_data.csv's mean between evaluations
+    old_line = training_curves_figure(read_log(run), "run").axes[0].lines[0]
+    assert list(old_line.get_xdata()) == [6, 12] and "between evaluations" in old_line.get_label()
 
 
 def test_log_to_a_file_has_loss_lines_between_evaluations(sample_data, data_cache, trained_dir, capfd):
