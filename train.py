@@ -40,6 +40,7 @@ from machinery.run.setup import (Data, Machine, TrainingError, build_model, choo
                                  prepare_training, set_up)
 from machinery.run.trackers import Tracker, make_tracker
 from training.evaluate import evaluate
+from training.schedule import resumed_schedule
 from training.step import NonFiniteStep, StepResult, train_step
 
 RUN_FLAGS = """Run options (not saved with the run):
@@ -138,6 +139,9 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    schedule_note = None
+    if saved:  # a new max_iters changes the rest of the schedule as resume_schedule says; saved with the run
+        train_cfg, schedule_note = resumed_schedule(runs.load_configs(run_dir)[1], train_cfg, state.step)
     if machine.is_main:
         if overwrite and (run_dir.exists() or run_dir.is_symlink()):
             runs.clear_run(run_dir)  # refuses a link or a file
@@ -155,6 +159,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                 f"{world} process(es), {tokens_per_step:,} tokens/step, "
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
+    if schedule_note:
+        machine.say(schedule_note)
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
                         enabled=machine.is_main, curve=curve)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream

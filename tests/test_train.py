@@ -147,6 +147,31 @@ def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained
     assert read_curve(trained_dir / "killed") == read_curve(trained_dir / "straight")
 
 
+@pytest.mark.parametrize("mode", ["stretch", "extend_tail", "restart_decay"])
+def test_resume_with_more_steps_follows_resume_schedule_and_says_so(mode, sample_data, data_cache, trained_dir,
+                                                                    capsys):
+    """--resume --max_iters=N: the header says what the schedule does now, the lr of the added steps follows it,
+    and train_config.json holds it (so a later --resume continues it)."""
+    from training.schedule import lr_at
+    args = tiny_args(sample_data, data_cache, log_interval=1)  # 12 steps, lr 3e-3 -> 3e-4
+    assert train.main(args) == 0
+    capsys.readouterr()
+    assert train.main(args + ["--resume", "--max_iters=20", f"--resume_schedule={mode}"]) == 0
+    out = capsys.readouterr().out
+    assert f"schedule: max_iters 12 -> 20, resume_schedule={mode!r}: " in out
+    saved = tools.load_configs(trained_dir / "run")[1]
+    lrs = {int(r["step"]): float(r["lr"]) for r in read_curve(trained_dir / "run")}
+    assert sorted(lrs) == list(range(1, 21))
+    assert all(lrs[s] == lr_at(s - 1, saved) for s in range(13, 21))  # the saved config is the schedule used
+    if mode == "stretch":
+        assert lrs[13] > 3e-4 * 1.5 and "goes from 3.00e-04 to" in out  # the lr went back up
+    elif mode == "extend_tail":
+        assert saved.final_flat_iters == 8 and all(lrs[s] == 3e-4 for s in range(13, 21))
+        assert all(lrs[s] == lr_at(s - 1, saved) for s in range(1, 13))  # and the decay before it, as it was
+    else:  # the run had reached lr_min: a restarted decay from there stays at it
+        assert (saved.decay_restart_step, saved.decay_restart_lr) == (12, 3e-4) and "--init_from" in out
+
+
 def test_corrupt_checkpoint_is_one_clear_line(sample_data, data_cache, trained_dir, capsys):
     assert train.main(tiny_args(sample_data, data_cache, max_iters=4)) == 0
     (latest_checkpoint(trained_dir / "run") / "state.pt").write_bytes(b"not a checkpoint")
