@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from config import TrainConfig
+from machinery import PROJECT_ROOT as ROOT
 from machinery.data.sources import local_path
 
 # no network: the hub library may not even try, and its address leads nowhere
@@ -45,3 +46,22 @@ def test_train_py_with_no_settings_trains_offline_on_the_bundled_sample(fresh_cl
     assert (run / "model.safetensors").is_file() and (run / "training_curves.png").is_file()
     assert sorted(p.name.split("_")[:2] for p in (elsewhere / "data_cache").iterdir()) == \
         [["data-samples-tinystories", "train"], ["data-samples-tinystories", "validation"]]
+
+
+def test_written_files_get_the_users_usual_permissions(sample_data, trained_dir, tmp_path):
+    """What the project writes is readable as the umask allows (0644 / 0755 under the usual 022), not owner-only
+    as tempfile's files (0600) and folders (0700) would be: run folders, checkpoints, the token cache, exports."""
+    import train
+    from machinery.fileio import _UMASK
+    from machinery.interop.export import export_run
+    cache = tmp_path / "cache"
+    assert train.main(["--dim=32", "--num_layers=1", "--max_seq_len=16", "--micro_batch_size=2", "--max_iters=2",
+                       "--eval_batches=1", f"--dataset={sample_data / 'tinystories'}", f"--cache_dir={cache}",
+                       "--model_name=run"]) == 0
+    exported = export_run(ROOT / "trained" / "llama3_atto", tmp_path / "exported")
+    written = [p for folder in (trained_dir, cache, exported) for p in (folder, *folder.rglob("*"))]
+    assert any(p.name == "tokens.bin" for p in written) and any(p.name == "model.safetensors" for p in written)
+    assert any(p.parent.name == "checkpoints" for p in written)
+    wrong = {str(p): oct(p.stat().st_mode & 0o777) for p in written
+             if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~_UMASK}
+    assert not wrong, f"umask {_UMASK:03o}: {wrong}"

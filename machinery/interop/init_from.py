@@ -20,7 +20,7 @@ FREE_FIELDS = {"dropout_embed", "dropout_attn", "dropout_resid", "init_std"}
 def _kind(source: str) -> tuple[str, Path]:
     """('run', run folder) or ('hf', transformers folder)."""
     text = str(source)
-    if "/" not in text and "\\" not in text and not text.startswith((".", "~")):
+    if not runs.is_path(text):
         return "run", runs.resolve_run(text)  # a bare name: trained/<name>
     path = Path(text).expanduser()
     if not path.is_dir():
