@@ -306,8 +306,13 @@ def test_help_for_one_field(capsys):
 
 
 def test_old_name_eval_samples_still_loads(tmp_path):
-    """Runs saved before eval_samples became eval_batches (the shipped ones) keep loading."""
-    model_cfg, train_cfg = tools.load_configs(ROOT / "trained" / "llama3_atto")
-    assert train_cfg.eval_batches == json.loads((ROOT / "trained/llama3_atto/train_config.json").read_text())["eval_samples"]
+    """Runs saved before eval_samples became eval_batches keep loading."""
+    from config import ModelConfig, TrainConfig
+    old = TrainConfig().to_dict()
+    old["eval_samples"] = 7
+    del old["eval_batches"]
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    (tmp_path / "model_config.json").write_text(json.dumps(ModelConfig().to_dict()))
+    assert tools.load_configs(tmp_path)[1].eval_batches == 7
     from machinery.cli import build_configs
     assert build_configs({"eval_samples": "3"})[1].eval_batches == 3
