@@ -28,6 +28,13 @@ SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
 TRACKERS = ("none", "tensorboard", "wandb")
 PARAMETRIZATIONS = ("sp", "mup")  # standard, or μP (modules/mup.py: lr and init that transfer across widths)
+RESUME_SCHEDULES = ("stretch", "extend_tail", "restart_decay")  # --resume with a new max_iters (training/schedule.py)
+# Each choice field -> the tuple above that lists its allowed values, looked up at each use: a name added to a
+# tuple is allowed, and listed by --help=FIELD, at once.
+CHOICES = {"pos_enc_type": "POS_ENC_TYPES", "mlp_nonlinearity": "MLP_NONLINEARITIES", "norm_type": "NORM_TYPES",
+           "parametrization": "PARAMETRIZATIONS", "anneal_type": "ANNEAL_TYPES", "optimizer": "OPTIMIZERS",
+           "device": "DEVICES", "dtype": "DTYPES", "sampling": "SAMPLING", "parallel": "PARALLEL",
+           "tracker": "TRACKERS", "resume_schedule": "RESUME_SCHEDULES"}
 # A run name is a folder in trained/ that inference finds again by name: letters, digits and . _ - + =,
 # not starting with '.', '-' or '~' (hidden files, options, home folders), short enough for any file system.
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
@@ -53,6 +60,10 @@ def renamed(values: dict, known: set[str], where: str) -> dict:
 
 class _Validated(Validated):
     RENAMES = RENAMED_FIELDS
+
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        return globals()[CHOICES[name]] if name in CHOICES else None
 
 
 @dataclass
@@ -108,12 +119,9 @@ class ModelConfig(_Validated):
         self._int("sliding_window", optional=True)
         self._int("mup_base_dim")
         self._int("mup_base_head_dim", optional=True)
-        self._choice("parametrization", PARAMETRIZATIONS)
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             self._fail("tokenizer", "must be the name of a folder in tokenizers/, e.g. 'bpe_tinyStories' or 'byte'")
-        self._choice("pos_enc_type", POS_ENC_TYPES)
-        self._choice("mlp_nonlinearity", MLP_NONLINEARITIES)
-        self._choice("norm_type", NORM_TYPES)
+        self._check_choices()
         self._float("theta", lo=0, lo_open=True)
         self._float("mlp_hidden_mult", lo=0, hi=MAX_MLP_WIDTH_MULT, lo_open=True)
         self._float("norm_eps", lo=0, hi=1, lo_open=True)
@@ -171,7 +179,9 @@ class TrainConfig(_Validated):
     dtype: str = "auto"                 # 'auto': bfloat16 autocast on CUDA with bf16 (and AMX CPUs), else float32
     compile: bool = False               # torch.compile the model (CUDA: usually faster; CPU: try it)
     # --- data ---
-    dataset: str = "noanabeshima/TinyStoriesV2"  # hub name, or a local .txt/.jsonl/.json/.parquet file or folder
+    dataset: str = "data/samples/tinystories"  # a local .txt/.jsonl/.json/.parquet file or folder (relative
+                                        # paths: the current folder, else the project's), or a hub name such as
+                                        # 'noanabeshima/TinyStoriesV2'; the default is the bundled sample
     data_subset: Optional[str] = None   # hub config name, e.g. 'sample-10BT' for FineWeb(-Edu)
     streaming: bool = False             # stream from the hub, tokenizing only as much as training needs
     text_field: str = "text"            # column holding the text
@@ -201,12 +211,17 @@ class TrainConfig(_Validated):
     lr_init: float = 1e-5               # lr at step 0, warmed up linearly to lr_max
     lr_max: float = 1e-3                # peak lr
     lr_min: float = 1e-4                # lr at the end of each annealing
-    warmup_iters: int = 100             # linear warmup steps
+    warmup_iters: Optional[int] = None  # linear warmup steps; None -> 10% of max_iters
     final_flat_iters: int = 0           # steps held at lr_min at the very end
     anneal_type: str = "cos"            # 'cos', 'lin', or 'wsd' (warmup-stable-decay)
     wsd_decay_frac: float = 0.2         # 'wsd': the last fraction of annealing steps decays linearly
     num_restarts: int = 0               # warm restarts (SGDR) during annealing
     T_mult: float = 2.0                 # each restart's cycle is T_mult times longer than the last
+    resume_schedule: str = "stretch"    # --resume with a new max_iters: 'stretch' the schedule to the new length,
+                                        # 'extend_tail' (keep the decay; lr_min for the added steps), 'restart_decay'
+                                        # (from the lr at the resume step, a new decay to lr_min over the steps left)
+    decay_restart_step: Optional[int] = None  # set by 'restart_decay': from this step the lr decays from
+    decay_restart_lr: Optional[float] = None  # decay_restart_lr to lr_min (anneal_type's shape, no restarts)
     # --- multi-process ---
     parallel: str = "ddp"               # under torchrun: 'ddp' replicates, 'fsdp' shards parameters (FSDP2)
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
@@ -218,13 +233,7 @@ class TrainConfig(_Validated):
                                      "and . _ - + =, not starting with '.' or '-'")
         if not isinstance(self.dataset, str) or not self.dataset:
             self._fail("dataset", "must be a hub name like 'noanabeshima/TinyStoriesV2' or a local path")
-        self._choice("device", DEVICES)
-        self._choice("dtype", DTYPES)
-        self._choice("sampling", SAMPLING)
-        self._choice("anneal_type", ANNEAL_TYPES)
-        self._choice("optimizer", OPTIMIZERS)
-        self._choice("parallel", PARALLEL)
-        self._choice("tracker", TRACKERS)
+        self._check_choices()
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             self._fail("init_from", "must be a run name in trained/, a run folder or a Hugging Face model folder")
         for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
@@ -239,7 +248,10 @@ class TrainConfig(_Validated):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), str)
                                                     or not getattr(self, name)):
                 self._fail(name, "must be a non-empty string or None")
-        for name in ("warmup_iters", "final_flat_iters", "num_restarts"):
+        self._int("warmup_iters", minimum=0, optional=True)
+        if self.warmup_iters is None:
+            self.warmup_iters = self.max_iters // 10
+        for name in ("final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
         for name in ("compile", "streaming", "doc_masking", "activation_checkpointing"):
             self._bool(name)
@@ -257,6 +269,12 @@ class TrainConfig(_Validated):
         self._float("T_mult", lo=1)
         if self.lr_min > self.lr_max:
             self._fail("lr_min", f"must not exceed lr_max={self.lr_max}")
+        self._int("decay_restart_step", minimum=0, optional=True)
+        self._float("decay_restart_lr", lo=self.lr_min, hi=self.lr_max, optional=True)
+        if (self.decay_restart_step is None) != (self.decay_restart_lr is None):
+            self._fail("decay_restart_step", f"decay_restart_step and decay_restart_lr={self.decay_restart_lr!r} "
+                                             f"are set together (--resume with resume_schedule='restart_decay' "
+                                             f"sets both) or both None")
         if self.warmup_iters + self.final_flat_iters > self.max_iters:
             self._fail("warmup_iters", f"warmup_iters + final_flat_iters must be <= max_iters={self.max_iters}")
         self._check_restarts()

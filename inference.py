@@ -14,6 +14,7 @@ From Python:
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -47,6 +48,18 @@ def split_prompts(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return overrides, positional + rest
 
 
+def check_model(name: str, prompts: list[str]) -> None:
+    """A name that is no run in trained/ is one line listing the runs there; with no prompt after it, it was most
+    likely the prompt, typed without the model name. (A path, or a folder in trained/, is checked on loading.)"""
+    from config import RUN_NAME
+    from machinery.run import runs
+    if runs.is_path(name) or (RUN_NAME.fullmatch(name) and (runs.trained_dir() / name).exists()):
+        return
+    models = ", ".join(runs.list_runs()) or "none yet (train one with python train.py)"
+    forgot = "" if prompts else f" (the model comes first: python inference.py MODEL {shlex.quote(name)})"
+    raise UsageError(f"no model named {name!r} in {runs.trained_dir()}{forgot}; models there: {models}")
+
+
 def check_prompt_text(prompts: list[str]) -> None:
     """Empty prompts, and text that is not valid UTF-8 (a terminal with a non-UTF-8 locale hands Python
     undecodable bytes as lone surrogates, which no tokenizer can encode)."""
@@ -72,6 +85,7 @@ def parse_args(argv: list[str]):
     if not positional:
         raise UsageError("give a model name or path, and at least one prompt")
     model, prompts = positional[0], positional[1:]
+    check_model(model, prompts)
     if not prompts:
         raise UsageError(f'no prompt given: add one or more, e.g. python inference.py {model} "Once upon a time"')
     check_prompt_text(prompts)

@@ -34,12 +34,13 @@ from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
 from machinery.run.progress import Progress
-from machinery.run.run_log import RunLog
+from machinery.run.run_log import RunLog, TrainLossLog
 from machinery.run.run_state import RunState
 from machinery.run.setup import (Data, Machine, TrainingError, build_model, choose_cpu_threads, load_data,
                                  prepare_training, set_up)
 from machinery.run.trackers import Tracker, make_tracker
 from training.evaluate import evaluate
+from training.schedule import resumed_schedule
 from training.step import NonFiniteStep, StepResult, train_step
 
 RUN_FLAGS = """Run options (not saved with the run):
@@ -138,6 +139,9 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    schedule_note = None
+    if saved:  # a new max_iters changes the rest of the schedule as resume_schedule says; saved with the run
+        train_cfg, schedule_note = resumed_schedule(runs.load_configs(run_dir)[1], train_cfg, state.step)
     if machine.is_main:
         if overwrite and (run_dir.exists() or run_dir.is_symlink()):
             runs.clear_run(run_dir)  # refuses a link or a file
@@ -147,6 +151,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
                       state.step if resume else None)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
+    curve_path = run_dir / "train_loss.csv"  # the training-loss curve: a row per log_interval line
+    curve = TrainLossLog.resume(curve_path, state.step) if resume else TrainLossLog(curve_path)
     T, world_size = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world_size
     machine.say(f"{'resuming ' if saved else ''}{run_dir.name}"
@@ -155,8 +161,10 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                 f"{world_size} process(es), {tokens_per_step:,} tokens/step, "
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
+    if schedule_note:
+        machine.say(schedule_note)
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
-                        enabled=machine.is_main)
+                        enabled=machine.is_main, curve=curve)
     flops_per_token = model.flops_per_token(T)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
         mfu_per_token_s = flops_per_token / (peak_flops(machine.device.type, machine.dtype) * world_size)
@@ -182,7 +190,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         progress.close()
         tracker.finish()
     if machine.is_main and log.rows:
-        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name)
+        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name, train_rows=curve.rows)
         cost.write_summary(run_dir, log.rows, flops_per_token, machine.device)
     machine.say(f"done: {run_dir} (best val loss {state.best_val:.4f})")
     return {"best_val": state.best_val, **(log.rows[-1] if log.rows else {})}

@@ -33,6 +33,16 @@ class Validated:
         raise ValueError(
             f"{type(self).__name__}.{name}={getattr(self, name)!r} is invalid: {allowed}")
 
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        """The allowed values of field `name` when it is a choice among names (config.py: CHOICES), else None."""
+        return None
+
+    def _check_choices(self) -> None:
+        for f in fields(self):
+            if (options := self.choices(f.name)) is not None:
+                self._choice(f.name, options)
+
     def _choice(self, name: str, options: tuple) -> None:
         if getattr(self, name) not in options:
             self._fail(name, f"allowed values are {', '.join(map(repr, options))}")

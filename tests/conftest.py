@@ -56,3 +56,22 @@ def export_cache(tmp_path_factory) -> Path:
     """A private folder for the tests' cached Hugging Face exports (machinery/evaluation/exports.py)."""
     pytest.importorskip("transformers", reason="exporting needs transformers: pip install -r requirements-optional.txt")
     return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture(scope="session")
+def fresh_clone(tmp_path_factory) -> Path:
+    """A copy of what a clone of this checkout holds (git's tracked files plus new files it does not ignore):
+    no token cache, no runs beyond the shipped ones, nothing a developer's checkout gathered."""
+    import shutil
+    import subprocess
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"not a git checkout ({e}): cannot tell what a clone holds")
+    clone = tmp_path_factory.mktemp("clone") / "templateGPT"
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():  # (a file deleted but not yet committed is listed too)
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    return clone

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from machinery.run.run_log import TIMING_COLUMNS
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def read_log(run_dir: Path) -> list[dict]:
     with open(Path(run_dir) / "log_data.csv", newline="") as f:
@@ -37,3 +39,12 @@ EVERY_OPTION_VARIANTS = {
     "Sinusoidal_unscaled_norms": EVERY_OPTION | dict(pos_enc_type="Sinusoidal", norm_affine=False, norm_bias=False,
                                                      mlp_nonlinearity="ReLU"),
 }
+
+
+def run_notebook(name: str, folder: Path = ROOT, timeout: int = 300):
+    """Execute a notebook headless as Jupyter does when it is opened from `folder` (the kernel starts there)."""
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(folder / name, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
+    return nb

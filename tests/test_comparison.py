@@ -335,17 +335,18 @@ def test_help_lists_every_option(tmp_path, capsys):
 
 
 # --- notebook ------------------------------------------------------------------------------------------
-def test_notebook_executes_headless(tmp_path, monkeypatch):
+def test_notebook_executes_headless_in_a_fresh_clone(fresh_clone, monkeypatch):
+    """Opened from a fresh clone, the notebook compares the two shipped models (nothing else needed)."""
     import nbformat
-    from nbclient import NotebookClient
 
-    if len(tools.list_runs()) < 2:  # no shipped models yet: point the notebook at two tmp runs
-        runs = [make_run(tmp_path, "nb_a"), make_run(tmp_path, "nb_b", rows=1)]
-        monkeypatch.setenv("TEMPLATEGPT_RUNS", ",".join(map(str, runs)))
+    from tests.helpers import run_notebook
+    monkeypatch.delenv("TEMPLATEGPT_TRAINED_DIR", raising=False)  # the clone's own trained/
+    monkeypatch.delenv("TEMPLATEGPT_RUNS", raising=False)
     monkeypatch.setenv("TEMPLATEGPT_MAX_TEXTS", "10")
-    nb = nbformat.read(ROOT / "model_comparison.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    committed = nbformat.read(fresh_clone / "model_comparison.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")  # committed without outputs
+    nb = run_notebook("model_comparison.ipynb", fresh_clone, timeout=120)
+    assert "comparing: gpt2_atto, llama3_atto" in "".join(o.get("text", "") for o in nb.cells[1].outputs)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # 4 loss figures + top-k

@@ -204,7 +204,7 @@ def test_corrupt_weights_are_refused_naming_the_file(env):
 
 
 def test_weights_without_a_checksum_still_load(tmp_path):
-    """Files written before checksums (the shipped trained/ runs) load as before."""
+    """Files written before checksums (such as the runs shipped before them) load as before; the shipped runs load."""
     from safetensors.torch import save_file
     model = torch.nn.Linear(4, 3)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "old.safetensors")

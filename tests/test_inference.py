@@ -338,6 +338,10 @@ def test_cli_options(run_dir):
     (["{run}", ""], "empty prompt"),
     (["{run}", "ok", "caf\udce9"], "prompt 2 is not valid UTF-8 text (byte e9 at character 3)"),
     (["{run}"], "no prompt given"),
+    (["Once upon a time"], "no model named 'Once upon a time' in "),  # the model name forgotten
+    (["Once upon a time"], "(the model comes first: python inference.py MODEL 'Once upon a time'); models there: "),
+    (["Once upon a time", "The dog"], "no model named 'Once upon a time'"),
+    (["no_such_model_xyz"], "no model named 'no_such_model_xyz'"),
     ([], "give a model"),
     (["{run}", "x" * 47], "prompt 1 is 48 tokens"),
 ])

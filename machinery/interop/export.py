@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import ModelConfig
 from machinery.data.tokenizer import get_tokenizer
+from machinery.fileio import usual_permissions
 from machinery.interop import tokenizer as hf_tokenizer
 from machinery.interop.architectures import for_export
 from machinery.run import runs
@@ -91,6 +92,8 @@ def export_run(run: str | Path, out_dir: str | Path, overwrite: bool = False) ->
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         hf_tokenizer.write(tokenizer, tmp, model_cfg.max_seq_len)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp's folder and safetensors' file are owner-only (0700, 0600)
+            usual_permissions(path)
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         tmp.rename(out_dir)
