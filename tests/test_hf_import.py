@@ -251,7 +251,7 @@ def test_resume_with_init_from_is_refused_like_config(tmp_path, monkeypatch, cap
     trained = tmp_path / "trained"
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
     import shutil
-    shutil.copytree(tools.ROOT / "trained" / "gpt2_atto", trained / "run")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "trained" / "gpt2_atto", trained / "run")
     before = (trained / "run" / "train_config.json").read_text()
     assert train.main(["--model_name=run", "--resume", "--init_from=llama3_atto"]) == 2
     err = capsys.readouterr().err

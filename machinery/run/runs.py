@@ -98,8 +98,9 @@ def resolve_run(name_or_path: str | Path) -> Path:
 
 
 # A run's own files and folders: each must be a real one inside the run folder, never a link to elsewhere
-RUN_FILES = (MODEL_CONFIG, TRAIN_CONFIG, "model.safetensors", "log_data.csv", "training_curves.png")
-RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+RUN_FILES = (MODEL_CONFIG, TRAIN_CONFIG, "model.safetensors", "log_data.csv", "train_loss.csv", "training_curves.png",
+             "provenance.json", "summary.json")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb", "eval")
 
 
 def check_run_files(run_dir: Path) -> None:
