@@ -12,7 +12,7 @@ from torch import nn
 from config import ModelConfig, TrainConfig
 from machinery.data.batches import TokenBatches
 from machinery.run import distributed
-from machinery.run.device import cpu_threads_choice, dtype_choice, pick_device
+from machinery.run.device import cpu_threads_choice, dtype_choice, pick_device, use_deterministic_kernels
 from modules.model import Model
 from training.optim import build_optimizers, optimizer_builder
 from training.schedule import anneal_shape
@@ -44,6 +44,7 @@ def set_up(train_cfg: TrainConfig) -> Machine:
     optimizer_builder(train_cfg.optimizer)
     anneal_shape(train_cfg.anneal_type)
     device = pick_device(train_cfg.device)
+    use_deterministic_kernels(train_cfg.deterministic)  # before the first GPU kernel: cuBLAS reads it at start
     info = distributed.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -51,6 +52,8 @@ def set_up(train_cfg: TrainConfig) -> Machine:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
     dtype, why = dtype_choice(train_cfg.dtype, device)
+    if train_cfg.deterministic:
+        why += "; deterministic kernels"
     return Machine(device, dtype, info, why)
 
 
@@ -121,6 +124,6 @@ def prepare_training(model: Model, train_cfg: TrainConfig, machine: Machine) -> 
     Load saved weights into `model` before this (FSDP shards them here)."""
     train_model = distributed.wrap_model(model, machine.dist, train_cfg.parallel, machine.device)
     optimizers = build_optimizers(model, train_cfg, machine.device)
-    if train_cfg.compile:
-        train_model = torch.compile(train_model)
+    if train_cfg.compile:  # every step has the same shapes: one static graph, never a dynamic-shape recompile
+        train_model = torch.compile(train_model, dynamic=False)
     return train_model, optimizers
