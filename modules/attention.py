@@ -220,12 +220,17 @@ class SelfAttention(LoggingModule):
         if inputs.rope is not None:
             q, k = apply_rope(q, inputs.rope), apply_rope(k, inputs.rope)
         k, v = inputs.keys_values(self.layer_idx, k, v)  # first: the cache refuses an overflow before a mask
-        if inputs.kernel_for(self.sliding_window, self.dropout if self.training else 0.0, self.head_dim) == "flex":
-            y = self.attend_flex(q, k, v, inputs.block_mask(self.sliding_window))
-        else:
-            mask, is_causal = inputs.mask(self.sliding_window)  # would slice its key_valid
-            y = self.attend(q, k, v, mask, is_causal)
+        kernel, mask = self.masking(inputs)  # would slice its key_valid
+        y = self.attend_flex(q, k, v, mask) if kernel == "flex" else self.attend(q, k, v, *mask)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side again, then mix them
+
+    def masking(self, inputs: AttentionInputs) -> tuple[str, object]:
+        """('flex', its block mask) or ('sdpa', (mask, is_causal)) for this layer, built once per forward and window.
+        Model.forward asks for it before running checkpointed layers: building it inside one would be a side
+        effect (a new entry in the inputs' mask cache) that torch.compile cannot trace through a checkpoint."""
+        if inputs.kernel_for(self.sliding_window, self.dropout if self.training else 0.0, self.head_dim) == "flex":
+            return "flex", inputs.block_mask(self.sliding_window)
+        return "sdpa", inputs.mask(self.sliding_window)
 
     @log_io
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

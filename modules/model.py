@@ -86,8 +86,11 @@ class Model(LoggingModule):
         # what every layer's attention shares: masks, the cache (modules/attention.py decides how to use them)
         attn_inputs = AttentionInputs(slots, rope, doc_ids, cache, kernel=self.attention_kernel)
 
+        checkpointing = self.activation_checkpointing and self.training
+        for layer in self.layers if checkpointing else ():  # masks first: see SelfAttention.masking
+            layer.attn.masking(attn_inputs)
         for layer in self.layers:
-            if self.activation_checkpointing and self.training:
+            if checkpointing:
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn_inputs, use_reentrant=False)
             else:
                 x = layer(x, attn_inputs)

@@ -2,6 +2,7 @@
 processes, seed), the data, the model, and the model made ready to train (wrapped, optimizers, compiled)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -106,9 +107,11 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, 
 
 
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine) -> Model:
-    """The model on its device; running out of memory here is one line saying how big it was."""
+    """The model on its device; running out of memory here is one line saying how big it was. On a GPU the weights
+    are made and initialized there (a 1B model's init takes tens of seconds on the CPU, then a copy)."""
     try:
-        model = Model(model_cfg).to(machine.device)
+        with torch.device(machine.device) if machine.device.type == "cuda" else contextlib.nullcontext():
+            model = Model(model_cfg).to(machine.device)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "memory" not in str(e).lower():
             raise
