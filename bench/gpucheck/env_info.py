@@ -87,7 +87,7 @@ def machine(ctx: Context) -> None:
                       sdpa_flash=torch.backends.cuda.flash_sdp_enabled(),
                       sdpa_cudnn=getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: None)())
     else:
-        values["datasheet_tflops"] = round(peak_flops("cpu", torch.bfloat16) / 1e12, 4)  # measured: no datasheet
+        values["datasheet_tflops"] = round(peak_flops("cpu", torch.float32) / 1e12, 4)  # no datasheet: float32
     values["matmul_tflops"] = round(matmul_tflops(ctx, sizes["matmul_size"], sizes["matmul_reps"]), 2)
     values["copy_gb_per_s"] = round(copy_gb_per_s(ctx, sizes["copy_mb"], sizes["matmul_reps"]), 1)
     ctx.write("machine", dtype="bfloat16", **values)

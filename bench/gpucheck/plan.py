@@ -85,7 +85,7 @@ SMOKE = dict(
     decode=dict(preset="llama_125M", overrides=dict(_TINY, num_q_heads=4, max_seq_len=64), prompt_len=5,
                 new_tokens=8, batches=dict(b1=1, b64=3), estimate_eager_s=1, estimate_compiled_s=2),
     run=dict(model=dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, vocab_len=512),
-             train=dict(micro_batch_size=4, max_iters=60, eval_interval=10, checkpoint_interval=20, eval_batches=2,
+             train=dict(micro_batch_size=4, max_iters=40, eval_interval=10, checkpoint_interval=10, eval_batches=2,
                         warmup_iters=5, lr_max=3e-3, lr_min=3e-4, log_interval=10),
              threads=1, bf16_tolerance=0.05, estimate_s=10),
     attention=dict(batch=2, seq_len=64, heads=4, kv_heads=2, head_dim=16, window=8, doc_len=16, reps=3,

@@ -2,16 +2,16 @@
 ends with it): python -m bench.gpucheck.section '<settings as JSON>' (gpu_check.py writes the settings)."""
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
-from bench.gpucheck import (attention_speed, cuda_tests, decode_speed, env_info, plan, resume_run,
-                            train_speed)
+from bench.gpucheck import plan
 from bench.gpucheck.context import Context, configure_compiler
 from bench.gpucheck.record import Recorder
 
-MODULES = {"env": env_info, "tests": cuda_tests, "train": train_speed, "decode": decode_speed, "run": resume_run,
-           "attention": attention_speed}
+MODULES = {"env": "env_info", "tests": "cuda_tests", "train": "train_speed", "decode": "decode_speed",
+           "run": "resume_run", "attention": "attention_speed"}  # imported only for their own step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(section=section, smoke=settings["smoke"], deadline=settings["deadline"],
                   recorder=Recorder(settings["results"], settings["base"]), sizes=plan.sizes(settings["smoke"], section),
                   compile_backend=settings["compile_backend"], measured_peak_flops=settings.get("measured_peak_flops"))
-    MODULES[section].run(ctx, tuple(settings["items"]))
+    importlib.import_module(f"bench.gpucheck.{MODULES[section]}").run(ctx, tuple(settings["items"]))
     return 0
 
 

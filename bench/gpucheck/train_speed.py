@@ -48,11 +48,12 @@ def largest_batch(probe: Callable[[int], float], start: int, limit: int,
 
 
 def mfu(ctx: Context, flops_per_token: float, tokens_per_sec: float) -> tuple[float, float | None]:
-    """(MFU against the datasheet peak, MFU against the env section's measured matmul rate or None)."""
+    """(MFU against the datasheet peak, MFU against the env section's measured matmul rate or None). A CPU has
+    no datasheet entry: its float32 matmul rate stands in (a bf16 probe is slow where bf16 is emulated)."""
     achieved = flops_per_token * tokens_per_sec
     measured = ctx.measured_peak_flops
-    return (round(achieved / peak_flops(ctx.device.type, torch.bfloat16), 4),
-            round(achieved / measured, 4) if measured else None)
+    peak = peak_flops("cuda", torch.bfloat16) if ctx.cuda else peak_flops("cpu", torch.float32)
+    return round(achieved / peak, 4), round(achieved / measured, 4) if measured else None
 
 
 def warm_up(ctx: Context, step: Callable[[], object], steps: int) -> float:

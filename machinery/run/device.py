@@ -180,7 +180,8 @@ def use_deterministic_kernels(enabled: bool) -> None:
     runs before the first matmul; a value already in the environment is kept."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    if enabled != torch.are_deterministic_algorithms_enabled():  # the call imports inductor's config: ~1 s
+        torch.use_deterministic_algorithms(enabled, warn_only=True)
     torch.backends.cudnn.benchmark = False  # its autotuner may pick a different kernel per run (also torch's default)
 
 
