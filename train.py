@@ -153,6 +153,11 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         raise TrainingError(f"the run stopped: {e}, so the update was not applied. The last good checkpoint is "
                             f"{latest_checkpoint(run_dir) or 'none yet'}. Try a lower --lr_max, --grad_clip=1, "
                             f"or --dtype=float32; then --resume") from None
+    except RuntimeError as e:
+        if not (train_cfg.deterministic and "does not have a deterministic implementation" in str(e)):
+            raise
+        raise TrainingError(f"--deterministic: {str(e).split(',')[0]} on {machine.device.type}; run without "
+                            f"--deterministic (then --resume)") from None
     finally:
         progress.close()
         tracker.finish()

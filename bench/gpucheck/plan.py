@@ -65,7 +65,7 @@ GPU = dict(
                 estimate_eager_s=10, estimate_compiled_s=45),
     run=dict(model=dict(dim=768, num_layers=12, num_q_heads=12, num_kv_heads=4, max_seq_len=256, vocab_len=2048,
                         mlp_multiple_of=256),
-             train=dict(micro_batch_size=16, max_iters=150, eval_interval=25, checkpoint_interval=75,
+             train=dict(micro_batch_size=16, max_iters=150, eval_interval=50, checkpoint_interval=75,
                         eval_batches=4, warmup_iters=15, lr_max=1e-3, lr_min=1e-4, log_interval=25),
              threads=2, bf16_tolerance=0.02, estimate_s=45),
     attention=dict(batch=8, seq_len=2048, heads=16, kv_heads=8, head_dim=64, window=256, doc_len=256, reps=10,
