@@ -41,9 +41,7 @@ class Layer:
             self.doc_ids = starts.cumsum(1).int()
         self.outputs: dict[str, torch.Tensor] = {}
 
-    def call(self, mask: str, kernel: str) -> torch.Tensor:
-        self.attn.sliding_window = self.sizes["window"] if mask == "window" else None
-        inputs = AttentionInputs(self.slots, self.rope, self.doc_ids if mask == "docs" else None, kernel=kernel)
+    def call(self, inputs: AttentionInputs) -> torch.Tensor:
         with autocast(self.ctx.device, torch.bfloat16):
             y = self.attn(self.x, inputs)
         if self.ctx.cuda:
@@ -53,12 +51,17 @@ class Layer:
     def measure(self, item: str) -> None:
         ctx, start = self.ctx, time.time()
         mask, kernel = item.split("_")
+        self.attn.sliding_window = self.sizes["window"] if mask == "window" else None
+        # one AttentionInputs for every call: its mask (or block mask) is built once, as a model's forward builds
+        # it once for all its layers; the timing is the attention's
+        inputs = AttentionInputs(self.slots, self.rope, self.doc_ids if mask == "docs" else None, kernel=kernel)
         first_start = time.perf_counter()
         with torch.no_grad() if not ctx.cuda else torch.enable_grad():
-            y = self.call(mask, kernel)  # compiles FlexAttention's kernels for this mask
+            y = self.call(inputs)  # builds the mask; compiles FlexAttention's kernels for it
+            ctx.sync()
             first = time.perf_counter() - first_start
             ctx.memory_mark()
-            seconds = ctx.seconds_per_call(lambda: self.call(mask, kernel), self.sizes["reps"])
+            seconds = ctx.seconds_per_call(lambda: self.call(inputs), self.sizes["reps"])
         self.outputs[item] = y.detach().float()
         other = self.outputs.get(f"{mask}_sdpa")
         s = self.sizes
