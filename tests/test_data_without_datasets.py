@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-import pandas as pd
 import pytest
 
 from machinery.data.sources import iter_documents, resolve_source
+from tests.helpers import write_table
 
 DOCS = [f"Story {i}: a {'tall ' * (i % 4)}tree by the river {i}." for i in range(60)]
 
@@ -59,13 +59,7 @@ def test_the_bundled_sample_gives_the_same_documents(sample_data, no_datasets):
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_table_files_give_the_same_documents(suffix, tmp_path, no_datasets):
     path = tmp_path / f"stories{suffix}"
-    rows = [{"body": d, "n": i} for i, d in enumerate(DOCS)]
-    if suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif suffix == ".json":
-        path.write_text(json.dumps(rows))
-    else:
-        pd.DataFrame(rows).to_parquet(path)
+    write_table(path, [{"body": d, "n": i} for i, d in enumerate(DOCS)])
     read = lambda: [list(iter_documents(str(path), s, text_field="body", seed=2)) for s in ("train", "validation")]  # noqa: E731
     with_it, without = both_ways(no_datasets, read)
     assert without == with_it and sorted(without[0] + without[1]) == sorted(DOCS)
