@@ -9,8 +9,9 @@ is_causal and no mask, which on a GPU runs the flash (or cuDNN) kernel. Document
 need a mask, and an explicit mask forces SDPA off flash onto a slower kernel that reads the whole (T, T)
 mask; so on CUDA those cases run FlexAttention (https://pytorch.org/blog/flexattention/), whose block mask
 lets the fused kernel skip the blocks nobody attends to. FlexAttention has no dropout, no backward on CPUs,
-needs head_dim >= 16 on CUDA and is fast only compiled, so everywhere else the explicit mask goes to SDPA. `Model.attention_kernel`
-("auto", "sdpa", "flex") overrides the rule, e.g. to compare the two (bench/gpu_check.py does).
+needs head_dim >= 16 on CUDA and is fast only compiled, so everywhere else the explicit mask goes to SDPA.
+`Model.attention_kernel` ("auto", "sdpa", "flex") overrides the rule, e.g. to compare the two (bench/gpu_check.py
+does).
 
 What the SDPA call computes, written out (modules/reference.py `attention` does it in float64; the
 tests compare the two):

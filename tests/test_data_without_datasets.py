@@ -60,7 +60,8 @@ def test_the_bundled_sample_gives_the_same_documents(sample_data, no_datasets):
 def test_table_files_give_the_same_documents(suffix, tmp_path, no_datasets):
     path = tmp_path / f"stories{suffix}"
     write_table(path, [{"body": d, "n": i} for i, d in enumerate(DOCS)])
-    read = lambda: [list(iter_documents(str(path), s, text_field="body", seed=2)) for s in ("train", "validation")]  # noqa: E731
+    def read():
+        return [list(iter_documents(str(path), split, text_field="body", seed=2)) for split in ("train", "validation")]
     with_it, without = both_ways(no_datasets, read)
     assert without == with_it and sorted(without[0] + without[1]) == sorted(DOCS)
 

@@ -112,7 +112,8 @@ def test_deterministic_kernels_are_switched_on_and_off_by_the_config(monkeypatch
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # absent again after the test
     try:
         machine = set_up(TrainConfig(device="cpu", dtype="float32", deterministic=True))
-        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         assert "deterministic kernels" in machine.dtype_reason
     finally:

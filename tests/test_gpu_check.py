@@ -56,7 +56,8 @@ def smoke(tmp_path_factory):
 
 def test_smoke_runs_every_item_without_datasets(smoke):
     proc, rows = smoke["proc"], smoke["rows"]
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (smoke["out"] / "gpu_check.log").read_text()[-5000:]
+    log = (smoke["out"] / "gpu_check.log").read_text()[-5000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + log
     planned = {(step.section, item) for step in plan.STEPS for item in step.items}
     assert planned <= {(r["section"], r["item"]) for r in rows}
     for r in rows:

@@ -35,7 +35,8 @@ class HostReads(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name in HOST_READS:
-            ours = [f for f in traceback.extract_stack() if f.filename.startswith(str(ROOT)) and "tests" not in f.filename]
+            ours = [f for f in traceback.extract_stack()
+                    if f.filename.startswith(str(ROOT)) and "tests" not in f.filename]
             where = f"{Path(ours[-1].filename).relative_to(ROOT)}:{ours[-1].line}" if ours else "outside the project"
             self.seen.append((name, where))
         return func(*args, **(kwargs or {}))
@@ -52,4 +53,5 @@ def test_one_training_step_reads_the_device_once(optimizer):
     train_step(0, model, optimizers, batches, cfg, torch.device("cpu"), torch.float32)  # optimizer state made
     with HostReads() as reads:
         train_step(1, model, optimizers, batches, cfg, torch.device("cpu"), torch.float32)
-    assert reads.seen == [("_local_scalar_dense", "training/step.py:if not torch.isfinite(step_loss + grad_norm).item():")]
+    finiteness_check = "training/step.py:if not torch.isfinite(step_loss + grad_norm).item():"
+    assert reads.seen == [("_local_scalar_dense", finiteness_check)]

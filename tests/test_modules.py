@@ -142,7 +142,8 @@ def test_sdpa_matches_reference(heads, variant):
 
 # --- FlexAttention: the masked path on GPUs, held to the same reference (forward only: no CPU backward) --------
 FLEX_UNFUSED = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # true on CPUs
-FLEX_MASKS = {"window": dict(sliding_window=3), "docs": dict(docs=True), "window+docs": dict(sliding_window=4, docs=True),
+FLEX_MASKS = {"window": dict(sliding_window=3), "docs": dict(docs=True),
+              "window+docs": dict(sliding_window=4, docs=True),
               "rope+window+qk_norm+bias": dict(sliding_window=3, rope=True, qk_norm=True, linear_bias=True)}
 
 

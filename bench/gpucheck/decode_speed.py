@@ -87,7 +87,8 @@ class Decoder:
         stats = compile_stats(ctx.log) if mode != "eager" else {}
         ctx.write(item, preset=self.sizes["preset"], variant="ours", device=ctx.device.type, dtype="float32",
                   compile=mode != "eager", compile_backend=ctx.compile_backend if mode != "eager" else None,
-                  tokens_per_sec=round(rate, 1), peak_memory_mb=ctx.peak_memory_mb(), params=self.model.get_num_params(),
+                  tokens_per_sec=round(rate, 1), peak_memory_mb=ctx.peak_memory_mb(),
+                  params=self.model.get_num_params(),
                   batch=batch, prompt_len=self.sizes["prompt_len"], new_tokens=new, mode=mode,
                   first_call_s=round(first, 2), ms_per_token=round(1e3 * seconds / new, 3),
                   tokens_identical=None if expected is None else tokens == expected, tokens_matching=matching,

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     section = settings["section"]
     configure_compiler()
     ctx = Context(section=section, smoke=settings["smoke"], deadline=settings["deadline"],
-                  recorder=Recorder(settings["results"], settings["base"]), sizes=plan.sizes(settings["smoke"], section),
+                  recorder=Recorder(settings["results"], settings["base"]),
+                  sizes=plan.sizes(settings["smoke"], section),
                   compile_backend=settings["compile_backend"], measured_peak_flops=settings.get("measured_peak_flops"))
     importlib.import_module(f"bench.gpucheck.{MODULES[section]}").run(ctx, tuple(settings["items"]))
     return 0
