@@ -19,6 +19,7 @@ import dataclasses
 import math
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -35,10 +36,11 @@ from machinery.run.device import peak_flops
 from machinery.run.progress import Progress
 from machinery.run.run_log import RunLog
 from machinery.run.run_state import RunState
-from machinery.run.setup import TrainingError, build_model, choose_cpu_threads, load_data, prepare_training, set_up
+from machinery.run.setup import (Data, Machine, TrainingError, build_model, choose_cpu_threads, load_data,
+                                 prepare_training, set_up)
 from machinery.run.trackers import Tracker, make_tracker
 from training.evaluate import evaluate
-from training.step import NonFiniteStep, train_step
+from training.step import NonFiniteStep, StepResult, train_step
 
 RUN_FLAGS = """Run options (not saved with the run):
     --preset=NAME       start from a named set of settings (below)
@@ -105,6 +107,24 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
         distributed.shutdown()
 
 
+@dataclass
+class Run:
+    """What the loop's parts share, built once at the start of a run."""
+    dir: Path
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    machine: Machine
+    data: Data
+    model: torch.nn.Module        # the plain Model: its weights are what is saved
+    train_model: torch.nn.Module  # the same model as trained: wrapped for several processes, compiled
+    optimizers: list
+    log: RunLog
+    progress: Progress
+    tracker: Tracker
+    bos_id: int
+    mfu_per_token_s: float        # tokens/s times this is the model FLOPs utilization
+
+
 def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> dict:
     checkpoint = runs.check_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite)  # refusals change nothing
     tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
@@ -137,6 +157,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
                         enabled=machine.is_main)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
         mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
+    run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
+              tokenizer.bos_id, mfu_per_token_s)
     try:
         for step in range(state.step, train_cfg.max_iters):
             start = time.perf_counter()
@@ -145,8 +167,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
             state.add_step(result.loss, tokens_per_step, time.perf_counter() - start)
             progress.step_done(state.step, result.loss, result.lr, state.tokens)
             if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_iters:
-                evaluate_and_log(state, result, train_model, model, data, tokenizer.bos_id, T, train_cfg, machine,
-                                 log, progress, run_dir, mfu_per_token_s, tracker)
+                evaluate_and_log(run, state, result)
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
                 save_resumable(run_dir, state, model, optimizers, data.batches, machine)
     except NonFiniteStep as e:
@@ -167,27 +188,26 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
     return {"best_val": state.best_val, **(log.rows[-1] if log.rows else {})}
 
 
-def evaluate_and_log(state: RunState, result, train_model, model, data, bos_id: int, seq_len: int,
-                     train_cfg: TrainConfig, machine, log: RunLog, progress: Progress, run_dir: Path,
-                     mfu_per_token_s: float, tracker: Tracker) -> None:
+def evaluate_and_log(run: Run, state: RunState, result: StepResult) -> None:
     """Validation loss, one row of log_data.csv (and the tracker), and model.safetensors when the loss is the best
     so far."""
-    progress.evaluating(state.step, train_cfg.eval_batches)
-    val_loss = evaluate(train_model, data.val_tokens, seq_len, train_cfg, machine, bos_id)
+    run.progress.evaluating(state.step, run.train_cfg.eval_batches)
+    val_loss = evaluate(run.train_model, run.data.val_tokens, run.model_cfg.max_seq_len, run.train_cfg, run.machine,
+                        run.bos_id)
     train_loss, tokens_per_sec = state.close_interval()
     row = dict(step=state.step, tokens=state.tokens, elapsed_s=round(state.elapsed_s, 3),
                tokens_per_sec=round(tokens_per_sec, 1),
-               train_loss=distributed.mean_across_ranks(train_loss, machine.dist).item(), val_loss=val_loss,
+               train_loss=distributed.mean_across_ranks(train_loss, run.machine.dist).item(), val_loss=val_loss,
                perplexity=math.exp(min(val_loss, 50)), lr=result.lr, grad_norm=float(result.grad_norm),
-               mfu=round(tokens_per_sec * mfu_per_token_s, 5))
-    if machine.is_main:
-        log.append(row)
-        tracker.log(row)
+               mfu=round(tokens_per_sec * run.mfu_per_token_s, 5))
+    if run.machine.is_main:
+        run.log.append(row)
+        run.tracker.log(row)
     improved = val_loss < state.best_val
     if improved:
         state.best_val = val_loss
-        save_best_weights(run_dir, model, machine)
-    progress.evaluated(row, improved)
+        save_best_weights(run.dir, run.model, run.machine)
+    run.progress.evaluated(row, improved)
 
 
 def main(argv: list[str] | None = None) -> int:
