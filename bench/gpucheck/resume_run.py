@@ -94,13 +94,15 @@ class Runs:
                 raise TimeoutError("no checkpoint before the budget ran out")
             for name in list(waiting):
                 pointer = self.run_dir(name) / "checkpoints" / "latest.json"
-                if pointer.exists():
+                if pointer.exists():  # written once a checkpoint is complete
                     self.procs[name].send_signal(signal.SIGKILL)
                     self.procs[name].wait()
-                    steps = [int(p.name.split("_")[1]) for p in pointer.parent.glob("step_*")]
-                    killed[name], _ = max(steps, default=None), waiting.discard(name)
+                    killed[name] = max((int(p.name.split("_")[1]) for p in pointer.parent.glob("step_*")), default=None)
                 elif self.procs[name].poll() is not None:
-                    killed[name], _ = None, waiting.discard(name)
+                    killed[name] = None
+                else:
+                    continue
+                waiting.discard(name)
             time.sleep(POLL_S)
         return killed
 
