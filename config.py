@@ -28,6 +28,13 @@ SAMPLING = ("random", "sequential")
 PARALLEL = ("ddp", "fsdp")
 TRACKERS = ("none", "tensorboard", "wandb")
 PARAMETRIZATIONS = ("sp", "mup")  # standard, or μP (modules/mup.py: lr and init that transfer across widths)
+RESUME_SCHEDULES = ("stretch", "extend_tail", "restart_decay")  # --resume with a new max_iters (training/schedule.py)
+# Each choice field -> the tuple above that lists its allowed values, looked up at each use: a name added to a
+# tuple is allowed, and listed by --help=FIELD, at once.
+CHOICES = {"pos_enc_type": "POS_ENC_TYPES", "mlp_nonlinearity": "MLP_NONLINEARITIES", "norm_type": "NORM_TYPES",
+           "parametrization": "PARAMETRIZATIONS", "anneal_type": "ANNEAL_TYPES", "optimizer": "OPTIMIZERS",
+           "device": "DEVICES", "dtype": "DTYPES", "sampling": "SAMPLING", "parallel": "PARALLEL",
+           "tracker": "TRACKERS", "resume_schedule": "RESUME_SCHEDULES"}
 # A run name is a folder in trained/ that inference finds again by name: letters, digits and . _ - + =,
 # not starting with '.', '-' or '~' (hidden files, options, home folders), short enough for any file system.
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
@@ -41,6 +48,8 @@ RENAMED_FIELDS: dict[str, str] = {
     "second_resid_norm": "post_sublayer_norm",   # Gemma-2's "sandwich" norm after each sublayer
     "scale_first_resid": "scale_embeddings",     # it multiplies the token embeddings by sqrt(dim)
     "eval_samples": "eval_batches",  # it always counted batches
+    "eps": "norm_eps",                 # one of two epsilons: the norms'
+    "epsilon": "adamw_eps",            # the other: AdamW's
 }
 
 
@@ -51,6 +60,10 @@ def renamed(values: dict, known: set[str], where: str) -> dict:
 
 class _Validated(Validated):
     RENAMES = RENAMED_FIELDS
+
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        return globals()[CHOICES[name]] if name in CHOICES else None
 
 
 @dataclass
@@ -77,7 +90,7 @@ class ModelConfig(_Validated):
     norm_type: str = "RMSNorm"          # 'RMSNorm', 'LayerNorm', 'CosineNorm'
     norm_affine: bool = True            # learnable scale in each norm
     norm_bias: bool = False             # learnable bias in each norm (needs norm_affine)
-    eps: float = 1e-6                   # added inside the norm's square root
+    norm_eps: float = 1e-6              # added inside the norm's square root
     post_sublayer_norm: bool = False    # also normalize each sublayer's output before adding it (Gemma-2 sandwich)
     scale_embeddings: bool = False      # multiply the token embeddings by sqrt(dim) (Gemma style)
     # --- linear layers and output ---
@@ -106,15 +119,12 @@ class ModelConfig(_Validated):
         self._int("sliding_window", optional=True)
         self._int("mup_base_dim")
         self._int("mup_base_head_dim", optional=True)
-        self._choice("parametrization", PARAMETRIZATIONS)
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             self._fail("tokenizer", "must be the name of a folder in tokenizers/, e.g. 'bpe_tinyStories' or 'byte'")
-        self._choice("pos_enc_type", POS_ENC_TYPES)
-        self._choice("mlp_nonlinearity", MLP_NONLINEARITIES)
-        self._choice("norm_type", NORM_TYPES)
+        self._check_choices()
         self._float("theta", lo=0, lo_open=True)
         self._float("mlp_hidden_mult", lo=0, hi=MAX_MLP_WIDTH_MULT, lo_open=True)
-        self._float("eps", lo=0, hi=1, lo_open=True)
+        self._float("norm_eps", lo=0, hi=1, lo_open=True)
         self._float("init_std", lo=0, lo_open=True)
         self._float("logit_softcap", lo=0, lo_open=True, optional=True)
         for name in ("dropout_embed", "dropout_attn", "dropout_resid"):
@@ -171,7 +181,9 @@ class TrainConfig(_Validated):
     deterministic: bool = False         # deterministic GPU kernels, so a rerun or a resumed run repeats its losses
                                         # bit for bit (somewhat slower; CPU runs repeat anyway)
     # --- data ---
-    dataset: str = "noanabeshima/TinyStoriesV2"  # hub name, or a local .txt/.jsonl/.json/.parquet file or folder
+    dataset: str = "data/samples/tinystories"  # a local .txt/.jsonl/.json/.parquet file or folder (relative
+                                        # paths: the current folder, else the project's), or a hub name such as
+                                        # 'noanabeshima/TinyStoriesV2'; the default is the bundled sample
     data_subset: Optional[str] = None   # hub config name, e.g. 'sample-10BT' for FineWeb(-Edu)
     streaming: bool = False             # stream from the hub, tokenizing only as much as training needs
     text_field: str = "text"            # column holding the text
@@ -193,7 +205,7 @@ class TrainConfig(_Validated):
     optimizer: str = "adamw"            # 'adamw', or 'muon' (Muon for hidden matrices, AdamW for the rest)
     beta1: float = 0.9                  # AdamW's decay rate of the gradient mean (momentum)
     beta2: float = 0.95                 # AdamW's decay rate of the squared-gradient mean
-    epsilon: float = 1e-8               # AdamW's denominator guard
+    adamw_eps: float = 1e-8             # AdamW's denominator guard
     weight_decay: float = 0.1           # not applied to norms, biases or embeddings
     grad_clip: float = 1.0              # max global grad norm; 0 = off
     muon_lr: float = 0.02               # learning rate of Muon's matrices (scaled by the same schedule)
@@ -201,12 +213,17 @@ class TrainConfig(_Validated):
     lr_init: float = 1e-5               # lr at step 0, warmed up linearly to lr_max
     lr_max: float = 1e-3                # peak lr
     lr_min: float = 1e-4                # lr at the end of each annealing
-    warmup_iters: int = 100             # linear warmup steps
+    warmup_iters: Optional[int] = None  # linear warmup steps; None -> 10% of max_iters
     final_flat_iters: int = 0           # steps held at lr_min at the very end
     anneal_type: str = "cos"            # 'cos', 'lin', or 'wsd' (warmup-stable-decay)
     wsd_decay_frac: float = 0.2         # 'wsd': the last fraction of annealing steps decays linearly
     num_restarts: int = 0               # warm restarts (SGDR) during annealing
     T_mult: float = 2.0                 # each restart's cycle is T_mult times longer than the last
+    resume_schedule: str = "stretch"    # --resume with a new max_iters: 'stretch' the schedule to the new length,
+                                        # 'extend_tail' (keep the decay; lr_min for the added steps), 'restart_decay'
+                                        # (from the lr at the resume step, a new decay to lr_min over the steps left)
+    decay_restart_step: Optional[int] = None  # set by 'restart_decay': from this step the lr decays from
+    decay_restart_lr: Optional[float] = None  # decay_restart_lr to lr_min (anneal_type's shape, no restarts)
     # --- multi-process ---
     parallel: str = "ddp"               # under torchrun: 'ddp' replicates, 'fsdp' shards parameters (FSDP2)
     activation_checkpointing: bool = False  # recompute block activations in backward to save memory
@@ -218,21 +235,13 @@ class TrainConfig(_Validated):
                                      "and . _ - + =, not starting with '.' or '-'")
         if not isinstance(self.dataset, str) or not self.dataset:
             self._fail("dataset", "must be a hub name like 'noanabeshima/TinyStoriesV2' or a local path")
-        self._choice("device", DEVICES)
-        self._choice("dtype", DTYPES)
-        self._choice("sampling", SAMPLING)
-        self._choice("anneal_type", ANNEAL_TYPES)
-        self._choice("optimizer", OPTIMIZERS)
-        self._choice("parallel", PARALLEL)
-        self._choice("tracker", TRACKERS)
+        self._check_choices()
         if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
             self._fail("init_from", "must be a run name in trained/, a run folder or a Hugging Face model folder")
         for name in ("micro_batch_size", "grad_accum_steps", "max_iters", "log_interval", "eval_interval",
                      "eval_batches", "checkpoint_interval"):
             self._int(name)
-        self._int("seed", minimum=0)
-        if self.seed > MAX_SEED:
-            self._fail("seed", f"must be at most 2**64 - 1 = {MAX_SEED} (torch.manual_seed's range)")
+        self._int("seed", minimum=0, maximum=MAX_SEED)  # torch.manual_seed's range
         for name in ("cache_dir", "text_field"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
                 self._fail(name, "must not be empty" + (" (it would write into the current folder)"
@@ -241,14 +250,17 @@ class TrainConfig(_Validated):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), str)
                                                     or not getattr(self, name)):
                 self._fail(name, "must be a non-empty string or None")
-        for name in ("warmup_iters", "final_flat_iters", "num_restarts"):
+        self._int("warmup_iters", minimum=0, optional=True)
+        if self.warmup_iters is None:
+            self.warmup_iters = self.max_iters // 10
+        for name in ("final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
         for name in ("compile", "deterministic", "streaming", "doc_masking", "activation_checkpointing"):
             self._bool(name)
         self._float("val_fraction", lo=0, hi=0.5, lo_open=True)
         self._float("beta1", hi=0.9999)
         self._float("beta2", hi=0.9999)
-        self._float("epsilon", lo=0, lo_open=True)
+        self._float("adamw_eps", lo=0, lo_open=True)
         self._float("weight_decay")
         self._float("grad_clip")
         self._float("muon_lr", lo=0, lo_open=True)
@@ -259,6 +271,12 @@ class TrainConfig(_Validated):
         self._float("T_mult", lo=1)
         if self.lr_min > self.lr_max:
             self._fail("lr_min", f"must not exceed lr_max={self.lr_max}")
+        self._int("decay_restart_step", minimum=0, optional=True)
+        self._float("decay_restart_lr", lo=self.lr_min, hi=self.lr_max, optional=True)
+        if (self.decay_restart_step is None) != (self.decay_restart_lr is None):
+            self._fail("decay_restart_step", f"decay_restart_step and decay_restart_lr={self.decay_restart_lr!r} "
+                                             f"are set together (--resume with resume_schedule='restart_decay' "
+                                             f"sets both) or both None")
         if self.warmup_iters + self.final_flat_iters > self.max_iters:
             self._fail("warmup_iters", f"warmup_iters + final_flat_iters must be <= max_iters={self.max_iters}")
         self._check_restarts()
@@ -287,9 +305,9 @@ class TrainConfig(_Validated):
 # ---------------------------------------------------------------------------------------------------
 # Presets: named overrides of either config's fields. `python train.py --preset=NAME`.
 _GPT2 = dict(pos_enc_type="learnable", norm_type="LayerNorm", norm_bias=True, mlp_nonlinearity="GeLU",
-             mlp_gated=False, linear_bias=True, eps=1e-5)
+             mlp_gated=False, linear_bias=True, norm_eps=1e-5)
 _LLAMA3 = dict(pos_enc_type="RoPE", norm_type="RMSNorm", mlp_nonlinearity="SiLU", mlp_gated=True,
-               linear_bias=False, theta=500_000.0, eps=1e-5)
+               linear_bias=False, theta=500_000.0, norm_eps=1e-5)
 _GPU = dict(dtype="auto", compile=True, micro_batch_size=16, eval_interval=250, checkpoint_interval=1000,
             max_iters=20_000, warmup_iters=700, lr_max=6e-4, lr_min=6e-5, tokenizer="bpe_fineweb-edu",
             vocab_len=32768, dataset="HuggingFaceFW/fineweb-edu", data_subset="sample-10BT", streaming=True)

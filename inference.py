@@ -14,21 +14,18 @@ From Python:
 """
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 
-from machinery.cli import UsageError, build, parse_typed, print_help_if_asked, reject_unknown, split_args
+from config import DEVICES, DTYPES
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
 from machinery.generation import GenerationConfig, SamplingConfig, generate
-
-# old flag -> option: command lines written for earlier versions keep working
-ALIASES = {"temp": "temperature", "max_len": "max_new_tokens"}
-ALIAS_NOTE = "Aliases (earlier names): " + ", ".join(f"--{old} = --{new}" for old, new in ALIASES.items())
-
-DEVICES, DTYPES = ("auto", "cpu", "cuda", "mps"), ("auto", "float32", "bfloat16")
+from machinery.validation import Validated
 
 
 @dataclass
-class RunOptions:
+class RunOptions(Validated):
     """Where to run, and what to print."""
     # --- run ---
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
@@ -36,9 +33,9 @@ class RunOptions:
     show_tokens: bool = False  # also print each continuation split into tokens
 
     def __post_init__(self):
-        for name, choices in (("device", DEVICES), ("dtype", DTYPES)):
-            if getattr(self, name) not in choices:
-                raise UsageError(f"--{name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        self._choice("device", DEVICES)
+        self._choice("dtype", DTYPES)
+        self._bool("show_tokens")
 
 
 def split_prompts(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -48,13 +45,19 @@ def split_prompts(argv: list[str]) -> tuple[dict[str, str], list[str]]:
         at = argv.index("--")
         argv, rest = argv[:at], argv[at + 1:]
     overrides, positional = split_args(argv)
-    for old, new in ALIASES.items():
-        if old in overrides:
-            if new in overrides:
-                raise UsageError(f"--{old} and --{new} are the same option: give one")
-            field_type = {"temp": float, "max_len": int}[old]
-            overrides[new] = parse_typed(field_type, old, overrides.pop(old))
     return overrides, positional + rest
+
+
+def check_model(name: str, prompts: list[str]) -> None:
+    """A name that is no run in trained/ is one line listing the runs there; with no prompt after it, it was most
+    likely the prompt, typed without the model name. (A path, or a folder in trained/, is checked on loading.)"""
+    from config import RUN_NAME
+    from machinery.run import runs
+    if runs.is_path(name) or (RUN_NAME.fullmatch(name) and (runs.trained_dir() / name).exists()):
+        return
+    models = ", ".join(runs.list_runs()) or "none yet (train one with python train.py)"
+    forgot = "" if prompts else f" (the model comes first: python inference.py MODEL {shlex.quote(name)})"
+    raise UsageError(f"no model named {name!r} in {runs.trained_dir()}{forgot}; models there: {models}")
 
 
 def check_prompt_text(prompts: list[str]) -> None:
@@ -75,13 +78,14 @@ def parse_args(argv: list[str]):
     """(model, prompts, SamplingConfig, GenerationConfig, RunOptions), or None when help was printed."""
     overrides, positional = split_prompts(argv)
     sections = [("Sampling", SamplingConfig), ("Generation", GenerationConfig), ("Run", RunOptions)]
-    if print_help_if_asked(overrides, usage=__doc__, sections=sections, extra=ALIAS_NOTE):
+    if print_help_if_asked(overrides, usage=__doc__, sections=sections):
         return None
     sampling, options, run = (build(cls, overrides) for _, cls in sections)
-    reject_unknown(overrides, *(cls for _, cls in sections), extra=tuple(ALIASES))
+    reject_unknown(overrides, *(cls for _, cls in sections))
     if not positional:
         raise UsageError("give a model name or path, and at least one prompt")
     model, prompts = positional[0], positional[1:]
+    check_model(model, prompts)
     if not prompts:
         raise UsageError(f'no prompt given: add one or more, e.g. python inference.py {model} "Once upon a time"')
     check_prompt_text(prompts)

@@ -27,9 +27,13 @@ What varies (both may be repeated):
 What every run shares: --preset=NAME and any --key=value of config.py, as for train.py.
 
 Runs are ordinary run folders, trained/<name>__<variant>__s<seed>: inference.py and model_comparison.py load
-them by name. The sweep's definition, logs and report go to sweeps/<name>/. Re-running the same command
-skips finished runs, resumes interrupted ones exactly, and adds only the runs a changed grid or --seeds asks
-for. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran), 2 bad command line."""
+them by name. The sweep's definition, the code it was made from, logs and report go to sweeps/<name>/.
+Re-running the same command skips finished runs, resumes interrupted ones exactly, and adds only the runs a
+changed grid or --seeds asks for. A re-run may leave out what it keeps: the recorded preset, shared settings,
+variants and seeds fill in (`--name=NAME --seeds=5` adds two seeds). Changed shared settings are refused
+(naming only those that differ) unless --overwrite (every run retrained with the settings as updated);
+runs from changed code are refused, naming the files, unless --allow_code_change. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran),
+2 bad command line or a refusal."""
 
 
 @dataclass
@@ -41,6 +45,7 @@ class SweepOptions:
     parallel: int = 1                   # trainings at once; CPU: the cores are split between them, GPUs: one each
     threads: int = 0                    # CPU threads per run; 0 = cores // parallel
     overwrite: bool = False             # retrain every run from scratch (needed when the shared settings changed)
+    allow_code_change: bool = False     # add runs made from code other than the sweep's recorded code (marked)
     dry_run: bool = False               # list the runs and what would happen to each, then stop
     report: bool = False                # only rebuild the report from the run folders
     # --- the report ---
@@ -79,7 +84,8 @@ def parse_args(argv: list[str]) -> tuple[SweepOptions, Sweep | None] | None:
     preset = overrides.pop("preset", None)
     if not (grids or named or overrides or preset or seeds_given):
         return options, None
-    return options, Sweep(options.name, preset, overrides, grids, named, options.seed_list())
+    return options, Sweep.from_command(options.name, preset, overrides, grids, named, options.seed_list(),
+                                       seeds_given)
 
 
 def check_against_saved(sweep: Sweep) -> None:
@@ -97,6 +103,21 @@ def check_against_saved(sweep: Sweep) -> None:
                              f"{', '.join(wrong[:3])}. Give --overwrite to retrain it, or a new --name")
 
 
+def check_code(sweep: Sweep, options: SweepOptions, adding_runs: bool) -> None:
+    """Record the code once (or anew with --overwrite); refuse to add runs made from other code, naming the
+    files, unless --allow_code_change (the report then marks those runs)."""
+    from machinery.run.provenance import code_state, shorten
+    current = code_state()
+    if sweep.code is None or options.overwrite:
+        sweep.code = {k: current[k] for k in ("commit", "dirty", "files")}
+        return
+    changes = sweep.code_changes(current)
+    if changes and adding_runs and not options.allow_code_change:
+        raise UsageError(f"sweep {sweep.name!r} was run with other code ({shorten(changes, 6)}): new runs would "
+                         f"not be comparable with its finished ones. Give --allow_code_change to add them anyway "
+                         f"(the report marks them), --overwrite to retrain every run with this code, or a new --name")
+
+
 def run(options: SweepOptions, sweep: Sweep) -> list:
     """Train what is missing (or, with --overwrite, everything) and write the report; returns the failures."""
     from machinery.fileio import write_json
@@ -107,6 +128,7 @@ def run(options: SweepOptions, sweep: Sweep) -> list:
     if options.overwrite:
         states = {n: "new" if s == "new" else "restart" for n, s in states.items()}
     todo = [(p, states[p.name]) for p in plans if states[p.name] != "done"]
+    check_code(sweep, options, adding_runs=bool(todo))
     count = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "restart", "new")}
     print(f"sweep {sweep.name}: {len(sweep.variants)} variant(s) x {len(sweep.seeds)} seed(s) = {len(plans)} runs; "
           f"{count['done']} finished, {count['resume']} to resume, {count['restart'] + count['new']} to start")

@@ -1,8 +1,8 @@
-"""What notebooks, inference and comparison share: finding runs, loading models and tokenizers, the LR schedule.
+"""What notebooks, inference and comparison share: listing runs, loading models and tokenizers, the LR schedule.
 
     model, tokenizer, model_cfg, train_cfg = tools.load_model("llama3_atto")
 
-Run folders themselves (finding, describing, locking) live in machinery/run/runs.py; they are re-exported here.
+Run folders themselves (finding, describing, locking) live in machinery/run/runs.py.
 """
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 
 from config import TrainConfig
-from machinery.run.runs import ROOT, list_runs, load_configs, resolve_run, trained_dir  # noqa: F401 (re-exported)
+from machinery.run.runs import list_runs, load_configs, resolve_run
 from training.schedule import lr_at
 
-TRAINED_DIR = trained_dir()  # where runs live when this was imported; training.runs.trained_dir() reads it live
-
-__all__ = ["get_tokenizer", "list_runs", "resolve_run", "load_configs", "load_model", "lr_schedule"]
+__all__ = ["get_tokenizer", "list_runs", "load_model", "lr_schedule"]
 
 
 def get_tokenizer(name: str, vocab_len: int | None = None):

@@ -27,19 +27,20 @@ import torch
 
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from machinery.cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
-from machinery.data.sources import HubUnreachableError
+from machinery.data.hub import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
-from machinery.run import distributed, runs
+from machinery.run import cost, distributed, provenance, runs
 from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
 from machinery.run.progress import Progress
-from machinery.run.run_log import RunLog
+from machinery.run.run_log import RunLog, TrainLossLog
 from machinery.run.run_state import RunState
 from machinery.run.setup import (Data, Machine, TrainingError, build_model, choose_cpu_threads, load_data,
                                  prepare_training, set_up)
 from machinery.run.trackers import Tracker, make_tracker
 from training.evaluate import evaluate
+from training.schedule import resumed_schedule
 from training.step import NonFiniteStep, StepResult, train_step
 
 RUN_FLAGS = """Run options (not saved with the run):
@@ -138,27 +139,38 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    schedule_note = None
+    if saved:  # a new max_iters changes the rest of the schedule as resume_schedule says; saved with the run
+        train_cfg, schedule_note = resumed_schedule(runs.load_configs(run_dir)[1], train_cfg, state.step)
     if machine.is_main:
         if overwrite and (run_dir.exists() or run_dir.is_symlink()):
             runs.clear_run(run_dir)  # refuses a link or a file
         runs.write_description(run_dir, model_cfg, train_cfg)
+        provenance.record(run_dir, machine.device, machine.dist.world_size, state.step if resume else None,
+                          machine.say)  # the code, versions and machine: provenance.json; never fatal
         tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
                       state.step if resume else None)
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
-    T, world = model_cfg.max_seq_len, machine.dist.world_size
-    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
+    curve_path = run_dir / "train_loss.csv"  # the training-loss curve: a row per log_interval line
+    curve = TrainLossLog.resume(curve_path, state.step) if resume else TrainLossLog(curve_path)
+    T, world_size = model_cfg.max_seq_len, machine.dist.world_size
+    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world_size
     machine.say(f"{'resuming ' if saved else ''}{run_dir.name}"
                 f"{f' from step {state.step} ({checkpoint})' if saved else ''}: "
                 f"{model.get_num_params() / 1e6:.2f}M parameters, {machine.device.type} {str(machine.dtype)[6:]}, "
-                f"{world} process(es), {tokens_per_step:,} tokens/step, "
+                f"{world_size} process(es), {tokens_per_step:,} tokens/step, "
                 f"{len(data.train_tokens):,} train / {len(data.val_tokens):,} val tokens")
     machine.say(f"precision: {machine.dtype_reason}")  # and, on a CPU, the thread count
+    if schedule_note:
+        machine.say(schedule_note)
     progress = Progress(run_dir.name, state.step, state.tokens, train_cfg.max_iters, train_cfg.log_interval,
-                        enabled=machine.is_main)
+                        enabled=machine.is_main, curve=curve)
+    flops_per_token = model.flops_per_token(T)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
-        mfu_per_token_s = model.flops_per_token(T) / (peak_flops(machine.device.type, machine.dtype) * world)
+        mfu_per_token_s = flops_per_token / (peak_flops(machine.device.type, machine.dtype) * world_size)
     run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
               tokenizer.bos_id, mfu_per_token_s)
+    cost.reset_peak_memory(machine.device)  # peak_memory_mb: the training loop's
     try:
         for step in range(state.step, train_cfg.max_iters):
             start = time.perf_counter()
@@ -183,7 +195,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         progress.close()
         tracker.finish()
     if machine.is_main and log.rows:
-        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name)
+        plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name, train_rows=curve.rows)
+        cost.write_summary(run_dir, log.rows, flops_per_token, machine.device)
     machine.say(f"done: {run_dir} (best val loss {state.best_val:.4f})")
     return {"best_val": state.best_val, **(log.rows[-1] if log.rows else {})}
 
@@ -199,7 +212,9 @@ def evaluate_and_log(run: Run, state: RunState, result: StepResult) -> None:
                tokens_per_sec=round(tokens_per_sec, 1),
                train_loss=distributed.mean_across_ranks(train_loss, run.machine.dist).item(), val_loss=val_loss,
                perplexity=math.exp(min(val_loss, 50)), lr=result.lr, grad_norm=float(result.grad_norm),
-               mfu=round(tokens_per_sec * run.mfu_per_token_s, 5))
+               mfu=round(tokens_per_sec * run.mfu_per_token_s, 5), wall_s=round(state.wall_time(), 3),
+               peak_memory_mb=round(distributed.max_across_ranks(cost.peak_memory_mb(run.machine.device),
+                                                                 run.machine.dist, run.machine.device), 1))
     if run.machine.is_main:
         run.log.append(row)
         run.tracker.log(row)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.options import parse_options  # noqa: E402
-from config import TrainConfig  # noqa: E402
+from config import SAMPLING, TrainConfig  # noqa: E402
 from machinery.cli import UsageError, build_configs  # noqa: E402
 from machinery.data.batches import TokenBatches  # noqa: E402
 from machinery.data.pretokenize import load_tokens  # noqa: E402
@@ -102,7 +102,7 @@ def measure_step_s(batch_size: int, seq_len: int) -> float:
 
 def bench_batches(tokens, batch_size: int, seq_len: int, step_s, bos_id: int) -> None:
     """step_s: a measured training step in seconds, or None (then only the assumed 100 ms is used)."""
-    for sampling in ("random", "sequential"):
+    for sampling in SAMPLING:
         for doc_masking in (False, True):
             batches = TokenBatches(tokens, batch_size, seq_len, seed=0, sampling=sampling,
                                    doc_masking=doc_masking, bos_id=bos_id)

@@ -47,11 +47,11 @@ def to_transformers(model):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from machinery.interop.architectures import for_export
+    from machinery.interop.export import hf_weights
     cfg = model.cfg
-    arch = for_export(cfg)
-    config = arch.hf_config(cfg)
+    config = for_export(cfg).hf_config(cfg)
     hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
-    missing, unexpected = hf.load_state_dict(arch.to_hf(cfg, model.state_dict()), strict=False)
+    missing, unexpected = hf.load_state_dict(hf_weights(cfg, model.state_dict()), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:  # a tied output weight is the embedding's
         raise ValueError(f"weights do not match {type(hf).__name__}: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()

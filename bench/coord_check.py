@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from config import ModelConfig, TrainConfig  # noqa: E402
+from config import PARAMETRIZATIONS, ModelConfig, TrainConfig  # noqa: E402
 from machinery.cli import split_args  # noqa: E402
 from modules.model import Model  # noqa: E402
 from training.optim import build_optimizers  # noqa: E402
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     o = {**DEFAULTS, **overrides}
     params = o["parametrization"].split(",")
-    bad = [p for p in params if p not in ("sp", "mup")] + \
+    bad = [p for p in params if p not in PARAMETRIZATIONS] + \
           ([o["data"]] if o["data"] not in ("tinystories", "random") else [])
     if bad:
         print(f"error: {bad[0]!r} is not allowed: --parametrization takes sp, mup or sp,mup and --data takes "

@@ -161,6 +161,11 @@ def _default_of(field: dataclasses.Field):
     return "(required)"
 
 
+def _choices(cls, name: str) -> tuple | None:
+    """The allowed values of a choice field, when its class says (config.py's CHOICES)."""
+    return cls.choices(name) if hasattr(cls, "choices") else None
+
+
 def describe_fields(sections: list[tuple[str, type]], only: str | None = None) -> str:
     """Help text for the fields of each (title, dataclass) section, or for the one field named `only`."""
     out = []
@@ -176,6 +181,9 @@ def describe_fields(sections: list[tuple[str, type]], only: str | None = None) -
             lines.append(f"    --{name} ({_type_name(types[name])}, default {_default_of(fields[name])!r})")
             if comment:
                 lines.append(f"        {comment}")
+            options = _choices(cls, name)  # from the tuple itself, so a name added there shows
+            if options is not None and not all(repr(o) in comment for o in options):  # (unless the comment has all)
+                lines.append(f"        allowed: {', '.join(map(repr, options))}")
         if lines:
             out.append(f"{title} ({cls.__name__}):" if only is None else f"{title} ({cls.__name__}):")
             out.extend(lines)

@@ -47,11 +47,17 @@ def atomic_write(path: Path, write) -> None:
         try:
             write(tmp)
             flush_to_disk(tmp)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+            usual_permissions(tmp)  # mkstemp makes 0600 files
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def usual_permissions(path) -> None:
+    """Give a file 0666 and a folder 0777, less the umask: what open() and mkdir() give, and what tempfile's
+    owner-only 0600 / 0700 would withhold from the user's group and others (a shared cache, a model export)."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
 
 
 def flush_to_disk(path) -> None:
@@ -75,7 +81,9 @@ def temp_folder(parent: Path) -> Path:
     """A hidden folder to build something in before renaming it into place (removed by remove_stale_temps)."""
     with reported_writes(parent):
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=parent, prefix=".", suffix=TMP_SUFFIX))
+        folder = Path(tempfile.mkdtemp(dir=parent, prefix=".", suffix=TMP_SUFFIX))
+        usual_permissions(folder)  # it is renamed into place: a checkpoint, an export
+        return folder
 
 
 def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_SUFFIX}") -> list[Path]:

@@ -1,5 +1,6 @@
 """The checks every config field goes through, each a ValueError naming the field, the bad value and what is
-allowed, and the mapping of renamed fields when a saved config is read. config.py's dataclasses build on it.
+allowed, and the mapping of renamed fields when a saved config is read. config.py's dataclasses build on it,
+and so do the generation settings (machinery/generation/) and inference.py's run options.
 
 This file imports nothing from the rest of the project.
 """
@@ -32,16 +33,27 @@ class Validated:
         raise ValueError(
             f"{type(self).__name__}.{name}={getattr(self, name)!r} is invalid: {allowed}")
 
+    @classmethod
+    def choices(cls, name: str) -> tuple | None:
+        """The allowed values of field `name` when it is a choice among names (config.py: CHOICES), else None."""
+        return None
+
+    def _check_choices(self) -> None:
+        for f in fields(self):
+            if (options := self.choices(f.name)) is not None:
+                self._choice(f.name, options)
+
     def _choice(self, name: str, options: tuple) -> None:
         if getattr(self, name) not in options:
             self._fail(name, f"allowed values are {', '.join(map(repr, options))}")
 
-    def _int(self, name: str, minimum: int = 1, optional: bool = False) -> None:
+    def _int(self, name: str, minimum: int = 1, optional: bool = False, maximum: int | None = None) -> None:
         v = getattr(self, name)
         if optional and v is None:
             return
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self._fail(name, f"must be an integer >= {minimum}" + (" or None" if optional else ""))
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
+            allowed = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            self._fail(name, f"must be an integer {allowed}" + (" or None" if optional else ""))
 
     def _float(self, name: str, lo: float = 0.0, hi: float = math.inf, lo_open: bool = False,
                optional: bool = False) -> None:

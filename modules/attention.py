@@ -204,8 +204,8 @@ class SelfAttention(LoggingModule):
         self.out = nn.Linear(q_size, cfg.dim, bias=cfg.linear_bias)
         self.out.is_residual_projection = True  # scaled init, see Model._init_weights
         if cfg.qk_norm:  # https://arxiv.org/abs/2302.05442
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.eps, affine=cfg.norm_affine)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.eps, affine=cfg.norm_affine)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, affine=cfg.norm_affine)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, affine=cfg.norm_affine)
         else:
             self.q_norm = self.k_norm = None
 

@@ -64,12 +64,6 @@ class KVCache:
         """valid (B, T): False where the first T slots will hold left padding (never attended)."""
         self.key_valid[:, :valid.shape[1]] = valid
 
-    def reset(self) -> None:
-        """Empty again, for a new batch of prompts of the same shape (the tensors are reused)."""
-        self.length = 0
-        self.write_slot = None
-        self.key_valid.fill_(True)
-
     def keep_rows(self, rows: torch.Tensor, max_positions: int) -> None:
         """Keep only batch rows `rows`, dropping the leading slots that are padding in all of them, in new
         tensors of `max_positions` slots. Dropping finished rows saves their compute; dropping padding frees

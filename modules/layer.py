@@ -17,7 +17,7 @@ class Layer(LoggingModule):
         self.layer_idx = layer_idx  # 0 = nearest the embeddings; per-layer variants key on it
 
         def norm():
-            return build_norm(cfg.norm_type, cfg.dim, cfg.eps, cfg.norm_affine, cfg.norm_bias)
+            return build_norm(cfg.norm_type, cfg.dim, cfg.norm_eps, cfg.norm_affine, cfg.norm_bias)
 
         self.attn_norm, self.attn = norm(), SelfAttention(cfg, layer_idx)
         self.mlp_norm, self.mlp = norm(), MLP(cfg)

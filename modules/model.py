@@ -36,7 +36,7 @@ class Model(LoggingModule):
         self.pos_embedding, self.rope = build_position_encoding(cfg)
         self.embed_dropout = nn.Dropout(cfg.dropout_embed)
         self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
-        self.final_norm = build_norm(cfg.norm_type, cfg.dim, cfg.eps, cfg.norm_affine, cfg.norm_bias)
+        self.final_norm = build_norm(cfg.norm_type, cfg.dim, cfg.norm_eps, cfg.norm_affine, cfg.norm_bias)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
         self.logit_multiplier = mup.output_multiplier(cfg)  # μP: 1/m (tied or not); exactly 1.0 under SP
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
@@ -69,15 +69,22 @@ class Model(LoggingModule):
 
         positions: (T,) or (B, T) positions of the tokens (default: after what the cache holds).
         doc_ids: (B, T) document numbers, to keep attention within documents (training).
-        cache: a KVCache from new_cache(); filled and advanced by this call (generation).
-        last_only: compute logits for the last position only (generation's prefill).
+        cache: a KVCache from new_cache(); filled and advanced by this call (generation). With fixed-slot
+            writes (KVCache.start_static_writes) one token per row goes to the slot the cache holds as a tensor,
+            so every call has the same shapes and a compiled decode step runs this very forward.
+        last_only: compute logits for the last position only (generation).
         """
         cfg = self.cfg
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if start + T > cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
-        slots = torch.arange(start, start + T, device=input_ids.device)
+        if cache is not None and cache.write_slot is not None:
+            if T != 1:
+                raise ValueError(f"a cache with fixed-slot writes takes one token per row, not {T}")
+            slots = cache.write_slot  # (1,) tensor: no Python number that changes between decode steps
+        else:
+            start = cache.length if cache is not None else 0
+            if start + T > cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
+            slots = torch.arange(start, start + T, device=input_ids.device)
         if positions is None:
             positions = slots
 

@@ -52,6 +52,31 @@ from modules.choices import pick
 
 PARAMETRIZATION_IS_MUP = {"sp": False, "mup": True}  # every name in config.PARAMETRIZATIONS, explicitly
 
+# How μP treats every ModelConfig field (tests/test_every_option.py fails on a field missing here;
+# docs/structure.md says how to classify one):
+SETTING = "setting"  # defines the width multiplier m or the base model it is measured from
+RULE = "rule"  # a function in this file scales what it makes with width (see the table above)
+WIDTH_FREE = "width-free"  # needs no width rule: it does not change as the model gets wider (reason below)
+FIELDS = {
+    "dim": SETTING, "parametrization": SETTING, "mup_base_dim": SETTING, "mup_base_head_dim": SETTING,
+    "head_dim": RULE,  # attention_scale
+    "scale_embeddings": RULE,  # embedding_multiplier
+    "tie_embeddings": RULE,  # output_multiplier applies tied or not (the docstring's "Tied embeddings")
+    "init_std": RULE,  # hidden_init_std
+    "norm_type": RULE,  # CosineNorm is refused (config.py), its coordinates shrink with width
+    "num_layers": WIDTH_FREE,  # depth, not width
+    "num_q_heads": WIDTH_FREE, "num_kv_heads": WIDTH_FREE,  # head counts: their width is head_dim's rule
+    "max_seq_len": WIDTH_FREE, "tokenizer": WIDTH_FREE, "vocab_len": WIDTH_FREE,  # the embedding's fan-in
+    "pos_enc_type": WIDTH_FREE, "theta": WIDTH_FREE,  # rotations and position tables keep coordinates O(1)
+    "mlp_hidden_mult": WIDTH_FREE, "mlp_multiple_of": WIDTH_FREE,  # the MLP grows with dim: m holds for it
+    "mlp_nonlinearity": WIDTH_FREE, "mlp_gated": WIDTH_FREE,  # elementwise
+    "norm_affine": WIDTH_FREE, "norm_bias": WIDTH_FREE, "linear_bias": WIDTH_FREE,  # vectors keep init and lr
+    "norm_eps": WIDTH_FREE, "post_sublayer_norm": WIDTH_FREE, "qk_norm": WIDTH_FREE,  # norms keep O(1) coordinates
+    "logit_softcap": WIDTH_FREE,  # caps logits after the output multiplier
+    "sliding_window": WIDTH_FREE,  # which keys, not how wide
+    "dropout_embed": WIDTH_FREE, "dropout_attn": WIDTH_FREE, "dropout_resid": WIDTH_FREE,
+}
+
 
 def is_mup(cfg: ModelConfig) -> bool:
     return pick(PARAMETRIZATION_IS_MUP, "parametrization", cfg.parametrization, "PARAMETRIZATIONS", "modules/mup.py")

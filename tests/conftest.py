@@ -36,3 +36,42 @@ def trained_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "trained"
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def openai_server():
+    """A real `transformers serve` on 127.0.0.1 (a free port, HF_HUB_OFFLINE=1), shared by the serving and judge
+    tests: it loads whatever local export folder a request names as its model. Stopped at the end, however
+    the tests end; skipped when the optional serving packages are missing."""
+    from machinery.evaluation import serving
+    missing = serving.missing_packages()
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: {serving.INSTALL}")
+    with serving.served(timeout=180, threads=1) as url:  # 1 thread: tiny models, a busy CI machine
+        yield url
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory) -> Path:
+    """A private folder for the tests' cached Hugging Face exports (machinery/evaluation/exports.py)."""
+    pytest.importorskip("transformers", reason="exporting needs transformers: pip install -r requirements-optional.txt")
+    return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture(scope="session")
+def fresh_clone(tmp_path_factory) -> Path:
+    """A copy of what a clone of this checkout holds (git's tracked files plus new files it does not ignore):
+    no token cache, no runs beyond the shipped ones, nothing a developer's checkout gathered."""
+    import shutil
+    import subprocess
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"not a git checkout ({e}): cannot tell what a clone holds")
+    clone = tmp_path_factory.mktemp("clone") / "templateGPT"
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():  # (a file deleted but not yet committed is listed too)
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    return clone

@@ -55,11 +55,9 @@ def _bench_module(name: str):
 
 def test_bench_times_the_very_step_train_py_runs(sample_data, tmp_path, monkeypatch):
     """Same settings and seed: the benchmark's step losses are the trainer's logged losses, bit for bit."""
-    import tools
     import train
     from tests.helpers import read_log
 
-    monkeypatch.setattr(tools, "TRAINED_DIR", tmp_path / "trained")
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(tmp_path / "trained"))
     settings = dict(dim=32, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=16, tokenizer="byte",
                     dataset=str(sample_data / "tinyshakespeare" / "input.txt"), val_fraction=0.1,

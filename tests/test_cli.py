@@ -94,6 +94,20 @@ def test_help_for_one_field(capsys):
         print_help_if_asked({"help": "gredy"}, usage="", sections=[("Options", Options)])
 
 
+def test_help_for_a_choice_lists_the_tuple_itself(monkeypatch, capsys):
+    """A name added to a choice tuple in config.py (README: "Trying your own idea") shows in --help=FIELD and
+    is allowed at once; the help lists the values the comment does not."""
+    monkeypatch.setattr(config, "NORM_TYPES", config.NORM_TYPES + ("MyNorm",))
+    sections = [("Model", ModelConfig), ("Training", TrainConfig)]
+    assert print_help_if_asked({"help": "norm_type"}, usage="", sections=sections)
+    assert "allowed: 'RMSNorm', 'LayerNorm', 'CosineNorm', 'MyNorm'" in capsys.readouterr().out
+    assert ModelConfig(norm_type="MyNorm").norm_type == "MyNorm"
+    assert print_help_if_asked({"help": "device"}, usage="", sections=sections)
+    assert "allowed: 'auto', 'cpu', 'cuda', 'mps'" in capsys.readouterr().out
+    assert print_help_if_asked({"help": "resume_schedule"}, usage="", sections=sections)
+    assert "allowed:" not in capsys.readouterr().out  # its comment names all three
+
+
 def test_every_config_field_has_a_comment():
     for cls in (ModelConfig, TrainConfig):
         documented = {name: comment for _, name, comment in cli.field_docs(cls)}

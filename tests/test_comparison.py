@@ -14,12 +14,12 @@ from torch import nn
 import model_comparison as mc
 import tools
 from config import ModelConfig, TrainConfig
+from machinery.run.run_log import COLUMNS, FIRST_COLUMNS
 from machinery.run.weights import save_weights
 from modules.model import Model
 
 ROOT = Path(__file__).resolve().parents[1]
-LOG_COLUMNS = ["step", "tokens", "elapsed_s", "tokens_per_sec", "train_loss", "val_loss", "perplexity", "lr",
-               "grad_norm", "mfu"]
+LOG_COLUMNS = COLUMNS  # what train.py writes today; make_run(old_log=True) writes the first, shorter header
 
 
 # --- fakes ---------------------------------------------------------------------------------------------
@@ -48,7 +48,7 @@ class FakeByteTokenizer:
         return list(text.encode("utf-8"))
 
 
-def make_run(root: Path, name: str, rows: int = 4, dropout: float = 0.0, **model_kw) -> Path:
+def make_run(root: Path, name: str, rows: int = 4, dropout: float = 0.0, old_log: bool = False, **model_kw) -> Path:
     """A run folder: a tiny random byte-level model, its configs and a hand-written log."""
     cfg = ModelConfig(**{**dict(dim=16, num_layers=1, num_q_heads=2, num_kv_heads=2, max_seq_len=32,
                                 tokenizer="byte", vocab_len=259, dropout_embed=dropout, dropout_attn=dropout,
@@ -60,8 +60,9 @@ def make_run(root: Path, name: str, rows: int = 4, dropout: float = 0.0, **model
     save_weights(Model(cfg), path / "model.safetensors")
     log = pd.DataFrame([{"step": 10 * (i + 1), "tokens": 3200 * (i + 1), "elapsed_s": 1.5 * (i + 1),
                          "tokens_per_sec": 2000 + 100 * i, "train_loss": 5.5 - 0.3 * i, "val_loss": 5.6 - 0.25 * i,
-                         "perplexity": math.exp(5.6 - 0.25 * i), "lr": 1e-3, "grad_norm": 1.0, "mfu": 0.01}
-                        for i in range(rows)], columns=LOG_COLUMNS)
+                         "perplexity": math.exp(5.6 - 0.25 * i), "lr": 1e-3, "grad_norm": 1.0, "mfu": 0.01,
+                         "wall_s": 2.0 * (i + 1), "peak_memory_mb": 400.0 + 10 * i}
+                        for i in range(rows)], columns=FIRST_COLUMNS if old_log else LOG_COLUMNS)
     log.to_csv(path / "log_data.csv", index=False)
     return path
 
@@ -153,9 +154,10 @@ def test_summary_table_and_plots(tmp_path):
     table = mc.summary_table(runs, ["One day a dog ran.", "The sun was warm."])
     assert list(table.index) == ["a", "b"]
     for column in ("parameters", "tokens_seen", "final_val_loss", "best_val_loss", "bits_per_byte",
-                   "top1_acc", "top5_acc", "tokens_per_sec", "wall_time_s"):
+                   "top1_acc", "top5_acc", "tokens_per_sec", "train_time_s", "wall_s", "peak_memory_mb",
+                   "still_improving", "code_diff"):
         assert column in table.columns
-    assert table.loc["a", "tokens_seen"] == 4 * 3200 and table.loc["b", "wall_time_s"] == 3.0
+    assert table.loc["a", "tokens_seen"] == 4 * 3200 and table.loc["b", "train_time_s"] == 3.0
     assert table.loc["a", "best_val_loss"] == pytest.approx(5.6 - 0.75)
     assert table.loc["a", "tokens_per_sec"] == pytest.approx(2150)  # median of 2000..2300
     assert 0 <= table.loc["a", "top1_acc"] <= table.loc["a", "top5_acc"] <= 1
@@ -251,7 +253,7 @@ def test_cli_compares_the_shipped_models(tmp_path, capsys):
         pytest.skip("the shipped models are not in trained/")
     out = tmp_path / "cmp"
     assert mc.main(["gpt2_atto", "llama3_atto", "--out", str(out), "--max_texts", "2", "--x", "flops"]) == 0
-    assert {p.name for p in out.iterdir()} == {"loss_vs_flops.png", "topk_accuracy.png", "summary.csv",
+    assert {p.name for p in out.iterdir()} == {"loss_vs_flops.png", "topk_accuracy.png", "cost.png", "summary.csv",
                                                "summary.md"}
     table = pd.read_csv(out / "summary.csv", index_col="run")
     assert list(table.index) == ["gpt2_atto", "llama3_atto"]
@@ -293,9 +295,26 @@ def test_cli_without_validation_text_still_draws_curves_and_table(tmp_path, caps
         assert mc.main([good, f"--val_data={val_data}", f"--out={out}", "--x=step"]) == 0, val_data
         err = capsys.readouterr().err
         assert err.startswith("note: ") and note in err and "bits per byte and top-k accuracy are left out" in err
-        assert {p.name for p in out.iterdir()} == {"loss_vs_step.png", "summary.csv", "summary.md"}
+        assert {p.name for p in out.iterdir()} == {"loss_vs_step.png", "cost.png", "summary.csv", "summary.md"}
         table = pd.read_csv(out / "summary.csv", index_col="run")
         assert "bits_per_byte" not in table.columns and table.loc["good", "parameters"] > 0
+
+
+def test_cli_with_a_log_from_before_the_cost_columns(tmp_path, capsys):
+    """An old log (no wall_s, peak_memory_mb) still compares: its wall-clock curve is left out with a note."""
+    old, new = str(make_run(tmp_path, "old", old_log=True)), str(make_run(tmp_path, "new"))
+    out = tmp_path / "out"
+    assert mc.main([old, new, f"--out={out}", "--val_data=None"]) == 0
+    err = capsys.readouterr().err
+    assert "loss_vs_wall_s.png left out: old logged no wall_s" in err
+    names = {p.name for p in out.iterdir()}
+    assert "loss_vs_wall_s.png" not in names and {"loss_vs_elapsed_s.png", "cost.png"} <= names
+    table = pd.read_csv(out / "summary.csv", index_col="run")
+    assert math.isnan(table.loc["old", "wall_s"]) and table.loc["new", "wall_s"] == 8.0
+    assert table.loc["new", "peak_memory_mb"] == 430.0 and table.loc["new", "train_flops"] > 0
+    assert bool(table.loc["new", "still_improving"])  # its loss falls to the last evaluation
+    assert mc.main([new, f"--out={tmp_path / 'one'}", "--val_data=None", "--x=wall_s"]) == 0
+    assert {p.name for p in (tmp_path / "one").glob("loss_*.png")} == {"loss_vs_wall_s.png"}
 
 
 def test_help_lists_every_option(tmp_path, capsys):
@@ -316,23 +335,25 @@ def test_help_lists_every_option(tmp_path, capsys):
 
 
 # --- notebook ------------------------------------------------------------------------------------------
-def test_notebook_executes_headless(tmp_path, monkeypatch):
+def test_notebook_executes_headless_in_a_fresh_clone(fresh_clone, monkeypatch):
+    """Opened from a fresh clone, the notebook compares the two shipped models (nothing else needed)."""
     import nbformat
-    from nbclient import NotebookClient
 
-    if len(tools.list_runs()) < 2:  # no shipped models yet: point the notebook at two tmp runs
-        runs = [make_run(tmp_path, "nb_a"), make_run(tmp_path, "nb_b", rows=1)]
-        monkeypatch.setenv("TEMPLATEGPT_RUNS", ",".join(map(str, runs)))
+    from tests.helpers import run_notebook
+    monkeypatch.delenv("TEMPLATEGPT_TRAINED_DIR", raising=False)  # the clone's own trained/
+    monkeypatch.delenv("TEMPLATEGPT_RUNS", raising=False)
     monkeypatch.setenv("TEMPLATEGPT_MAX_TEXTS", "10")
-    nb = nbformat.read(ROOT / "model_comparison.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    committed = nbformat.read(fresh_clone / "model_comparison.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")  # committed without outputs
+    nb = run_notebook("model_comparison.ipynb", fresh_clone, timeout=120)
+    assert "comparing: gpt2_atto, llama3_atto" in "".join(o.get("text", "") for o in nb.cells[1].outputs)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # 4 loss figures + top-k
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
-    assert any("bits_per_byte" in t for t in tables)  # the evaluation on the bundled validation sample
-    assert any("config_diff" in t and "bits_per_byte" not in t for t in tables)  # the table from the logs alone
+    column = "<th>bits_per_byte</th>"  # the header itself: evaluate.py's saved tinystories_bpb/bits_per_byte is not it
+    assert any(column in t for t in tables)  # the evaluation on the bundled validation sample
+    assert any("config_diff" in t and column not in t for t in tables)  # the table from the logs alone
 
 
 def test_load_texts(tmp_path, sample_data):

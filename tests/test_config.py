@@ -44,7 +44,7 @@ MODEL_BAD = [
     ("theta", 0), ("theta", -1.0), ("theta", INF), ("theta", NAN), ("theta", "1e4"),
     ("mlp_hidden_mult", 0), ("mlp_hidden_mult", -4.0), ("mlp_hidden_mult", 1e-9), ("mlp_hidden_mult", 1e9),
     ("mlp_multiple_of", 10**8),
-    ("eps", 0), ("eps", 2.0), ("eps", -1e-6),
+    ("norm_eps", 0), ("norm_eps", 2.0), ("norm_eps", -1e-6),
     ("init_std", 0), ("init_std", -0.02), ("init_std", True),
     ("logit_softcap", 0), ("logit_softcap", -30.0), ("logit_softcap", INF),
     ("dropout_embed", -0.1), ("dropout_embed", 1.0),
@@ -78,7 +78,7 @@ TRAIN_BAD = [
     ("compile", "yes"), ("streaming", 1), ("doc_masking", None), ("activation_checkpointing", 0),
     ("val_fraction", 0), ("val_fraction", 0.6),
     ("beta1", 1.0), ("beta1", -0.1), ("beta2", 1.0), ("beta2", NAN),
-    ("epsilon", 0), ("weight_decay", -0.1), ("grad_clip", -1.0), ("grad_clip", INF),
+    ("adamw_eps", 0), ("weight_decay", -0.1), ("grad_clip", -1.0), ("grad_clip", INF),
     ("muon_lr", 0), ("lr_init", -1e-5), ("lr_max", 0), ("lr_max", "3e-4"), ("lr_min", -1.0),
     ("wsd_decay_frac", 0), ("wsd_decay_frac", 1.5), ("T_mult", 0.5),
 ]
@@ -95,7 +95,7 @@ def test_train_config_rejects_bad_field(name, value):
 def test_defaults_and_boundaries_are_valid():
     ModelConfig()
     TrainConfig()
-    ModelConfig(dropout_embed=0.0, dropout_attn=0.999, eps=1.0, sliding_window=1, logit_softcap=None)
+    ModelConfig(dropout_embed=0.0, dropout_attn=0.999, norm_eps=1.0, sliding_window=1, logit_softcap=None)
     TrainConfig(val_fraction=0.5, beta1=0.0, warmup_iters=0, lr_init=0.0, lr_min=0.0, wsd_decay_frac=1.0,
                 T_mult=1.0, grad_clip=0.0, weight_decay=0.0)
 
@@ -227,7 +227,7 @@ def test_preset_then_overrides():
     ("compile", "yes", True), ("streaming", "0", False),
     ("dim", "64", 64), ("max_iters", "1e3", 1000), ("max_iters", " 250 ", 250),
     ("seed", "12345678901234567891", 12345678901234567891),  # exact, not rounded through a float
-    ("lr_max", "3e-4", 3e-4), ("theta", "500000", 500000.0), ("eps", "1e-5", 1e-5),
+    ("lr_max", "3e-4", 3e-4), ("theta", "500000", 500000.0), ("norm_eps", "1e-5", 1e-5),
     ("logit_softcap", "None", None), ("logit_softcap", "30", 30.0), ("sliding_window", "none", None),
     ("sliding_window", "4", 4), ("vocab_len", "null", None), ("data_subset", "None", None),
     ("model_name", "None", None), ("model_name", "my_run", "my_run"), ("tokenizer", "byte", "byte"),
@@ -360,3 +360,31 @@ def test_gated_mlp_keeps_parameter_count(dim, mult):
         return (3 if gated else 2) * dim * cfg.mlp_hidden_dim
 
     assert abs(mlp_params(True) / mlp_params(False) - 1) < 0.01
+
+
+def test_each_choice_list_has_one_copy():
+    """config.py's choice tuples (DEVICES, DTYPES, ...) and generation's COMPILE_MODES are written out once;
+    everything else uses the name, so a new choice cannot reach one check and miss another."""
+    import ast
+
+    import config
+    from machinery.generation.decode_step import COMPILE_MODES
+    lists = {name: value for name, value in vars(config).items()
+             if name.isupper() and isinstance(value, tuple) and value and all(isinstance(v, str) for v in value)}
+    lists["COMPILE_MODES"] = COMPILE_MODES
+    by_value = {tuple(sorted(v)): name for name, v in lists.items()}
+    root = Path(__file__).resolve().parents[1]
+    found: dict[str, list[str]] = {name: [] for name in lists}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("tests/", ".")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts and all(
+                    isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                name = by_value.get(tuple(sorted(e.value for e in node.elts)))
+                if name:
+                    found[name].append(f"{rel}:{node.lineno}")
+    copies = {name: places for name, places in found.items() if len(places) > 1}
+    assert not copies, f"choice lists written out more than once: {copies}"
+    assert all(len(places) == 1 for places in found.values()), found

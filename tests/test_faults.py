@@ -65,7 +65,6 @@ def env(base, tmp_path, monkeypatch, sample_data_module):
     trained = tmp_path / "trained"
     shutil.copytree(base / "trained", trained)
     monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
-    monkeypatch.setattr(tools, "TRAINED_DIR", trained)
     return trained, lambda **extra: settings(sample_data_module, base / "cache", **extra)
 
 
@@ -205,7 +204,7 @@ def test_corrupt_weights_are_refused_naming_the_file(env):
 
 
 def test_weights_without_a_checksum_still_load(tmp_path):
-    """Files written before checksums (the shipped trained/ runs) load as before."""
+    """Files written before checksums (such as the runs shipped before them) load as before; the shipped runs load."""
     from safetensors.torch import save_file
     model = torch.nn.Linear(4, 3)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "old.safetensors")

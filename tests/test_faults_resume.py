@@ -17,11 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import tools
 import train
 from machinery.run.checkpoint import latest_checkpoint
 from tests.conftest import SAMPLE_DATA
-from tests.test_train import ROOT, data_cache, tiny_args, trained_dir  # noqa: F401 (fixtures)
+from tests.test_train import ROOT, data_cache, tiny_args  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +164,6 @@ def test_resume_refuses_a_folder_missing_its_train_config(finished_run, trained_
 def template_run(data_cache, tmp_path_factory) -> Path:
     trained = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tools, "TRAINED_DIR", trained)
         patch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
         assert train.main(tiny_args(SAMPLE_DATA, data_cache, max_iters=4, checkpoint_interval=4)) == 0
     return trained / "run"
@@ -178,7 +176,7 @@ def finished_run(template_run, data_cache, trained_dir) -> list[str]:
     return tiny_args(SAMPLE_DATA, data_cache, max_iters=4, checkpoint_interval=4)
 
 
-@pytest.mark.parametrize("change", ["--mlp_nonlinearity=ReLU", "--norm_type=LayerNorm", "--eps=1e-3",
+@pytest.mark.parametrize("change", ["--mlp_nonlinearity=ReLU", "--norm_type=LayerNorm", "--norm_eps=1e-3",
                                     "--theta=500000", "--sliding_window=8", "--logit_softcap=30",
                                     "--dropout_attn=0.1", "--qk_norm=true", "--dim=64"])
 def test_resume_refuses_any_architecture_change(change, finished_run, trained_dir, capsys):

@@ -121,3 +121,17 @@ def test_cli_errors_are_one_line(tmp_path, exported, capsys):
     assert export_hf.main(["gpt2_atto", str(exported["llama3_atto"]), "--overwrite"]) == 0
     assert json.loads((exported["llama3_atto"] / "config.json").read_text())["model_type"] == "gpt2"
     assert export_hf.main(["llama3_atto", str(exported["llama3_atto"]), "--overwrite"]) == 0
+
+
+def test_a_weight_the_mapping_does_not_take_stops_the_export():
+    """A research option that adds a weight (here a gate on layer 1's attention output) without a line in the
+    mapping: the export names the weight instead of writing a plain Llama without it."""
+    from machinery.interop.export import hf_weights
+    from modules.model import Model
+    cfg = ModelConfig(dim=32, num_layers=2, num_q_heads=4, mlp_gated=True, tokenizer="byte", vocab_len=259)
+    model = Model(cfg)
+    assert hf_weights(cfg, model.state_dict())  # every weight of the plain model is mapped
+    model.layers[1].attn.out_gate = torch.nn.Linear(32, 32)
+    with pytest.raises(ValueError, match=r"llama\.py maps no LlamaForCausalLM weight from layers\.1\.attn\.out_gate"
+                                         r"\.weight, layers\.1\.attn\.out_gate\.bias: map it there"):
+        hf_weights(cfg, model.state_dict())

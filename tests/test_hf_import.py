@@ -139,3 +139,73 @@ def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_pa
         expected = model(ids)[0]
         assert (hf(ids).logits - expected).abs().max().item() <= 1e-5
         assert (again(ids)[0] - expected).abs().max().item() <= 1e-6  # imported with the ones and zeros
+
+
+def test_a_weight_our_mapping_does_not_take_stops_the_import(tmp_path):
+    """A checkpoint holding a weight config.json does not explain (here a gate on layer 1's attention output)
+    is refused by name, not loaded without it."""
+    from safetensors.torch import load_file, save_file
+    save_hf("llama", tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.layers.1.self_attn.o_gate.weight"] = torch.zeros(32, 32)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_gate\.weight have no place in our "
+                                         r"LlamaForCausalLM mapping \(machinery/interop/llama\.py\)"):
+        hf_import.read_folder(tmp_path)
+
+
+# --- --init_from=owner/name: a model on the Hugging Face hub (no network here: the cache and the offline line) ----
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, and a hub address that refuses connections at once."""
+    import huggingface_hub.constants
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+def cached_snapshot(cache: Path, repo_id: str) -> Path:
+    """The folder huggingface_hub keeps a downloaded model in (models--owner--name/snapshots/<commit>/)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    return repo / "snapshots" / ("0" * 40)
+
+
+def test_init_from_a_hub_model_in_the_cache_trains_offline(sample_data, tmp_path, trained_dir, hub_cache):
+    hf = save_hf("llama", cached_snapshot(hub_cache, "someone/tiny-llama"))
+    assert train.main(run_args(sample_data, tmp_path, "from_hub", "someone/tiny-llama")) == 0
+    model, _, cfg, train_cfg = tools.load_model("from_hub")
+    assert train_cfg.init_from == "someone/tiny-llama" and cfg.num_kv_heads == 2
+    ids = torch.randint(0, 259, (1, 32))
+    with torch.no_grad():
+        assert (model(ids)[0] - hf(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_init_from_a_hub_model_offline_is_one_line(sample_data, tmp_path, trained_dir, hub_cache, capsys, monkeypatch):
+    err = one_error_line(capsys, run_args(sample_data, tmp_path, "hub", "openai-community/gpt2"))
+    assert "--init_from=openai-community/gpt2 is not a folder here" in err and "cannot be reached" in err
+    snapshot = cached_snapshot(hub_cache, "someone/no-weights")  # its config was fetched, its weights were not
+    save_hf("llama", snapshot)
+    (snapshot / "model.safetensors").rename(snapshot / "pytorch_model.bin")
+    capsys.readouterr()
+    assert "cannot be reached" in one_error_line(capsys, run_args(sample_data, tmp_path, "hub", "someone/no-weights"))
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE=1" in one_error_line(capsys, run_args(sample_data, tmp_path, "hub", "someone/other"))
+    assert not trained_dir.exists()
+
+
+def test_hub_downloads_fetch_no_pickles():
+    from fnmatch import fnmatch
+
+    from machinery.interop import hub_models
+    patterns = hub_models.CONFIG_FILES + hub_models.WEIGHT_FILES
+    for name in ("config.json", "model.safetensors", "model-00001-of-00002.safetensors", "tokenizer.json"):
+        assert any(fnmatch(name, p) for p in patterns), name
+    for name in ("pytorch_model.bin", "model.pt", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index"):
+        assert not any(fnmatch(name, p) for p in patterns), name
+    assert [hub_models.is_repo_id(t) for t in ("openai-community/gpt2", "TinyLlama/TinyLlama_v1.1", "a/b/c", "../x",
+                                               "./x", "/abs/x", "x")] == [True, True, False, False, False, False, False]

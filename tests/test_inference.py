@@ -18,8 +18,10 @@ from config import ModelConfig, TrainConfig
 from machinery.generation import GenerationConfig, SamplingConfig, generate, generate_ids
 from machinery.generation.decode_step import COMPILE_AFTER_STEPS, should_compile
 from machinery.run.weights import save_weights
+from modules.attention import AttentionInputs
 from modules.kv_cache import KVCache
 from modules.model import Model
+from tests.helpers import EVERY_OPTION_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = SamplingConfig(temperature=0)
@@ -120,9 +122,9 @@ def test_greedy_cache_padding_and_batching_change_nothing(pos_enc_type, variant,
 
 
 def test_compiled_decode_step_gives_the_eager_tokens():
-    """The real torch.compile of the fixed-slot step (compiled once: seconds), on padded rows, with eos.
-    (Sampling runs the same step; the eager fixed-slot tests cover it.)"""
-    model = tiny_model(num_kv_heads=2)
+    """The real torch.compile of the fixed-slot step (compiled once: seconds), on padded rows, with eos, for the
+    model with every option on (tests/helpers.py). (Sampling runs the same step; the eager tests cover it.)"""
+    model = tiny_model(**EVERY_OPTION_VARIANTS["RoPE"])
     with torch.inference_mode():
         expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
     assert gen(model, PROMPTS, 40, compile="on") == expected == gen(model, PROMPTS, 40, use_cache=False)
@@ -229,7 +231,8 @@ def test_cache_takes_the_autocast_dtype():
 @pytest.mark.parametrize("make, match", [
     (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens"),
     (lambda: GenerationConfig(num_samples=0), "num_samples"),
-    (lambda: GenerationConfig(compile="always"), "compile='always' is not one of auto, on, off"),
+    (lambda: GenerationConfig(compile="always"),
+     "GenerationConfig.compile='always' is invalid: allowed values are 'auto', 'on', 'off'"),
     (lambda: GenerationConfig(use_cache="yes"), "use_cache"), (lambda: SamplingConfig(temperature=-1), "temperature"),
     (lambda: SamplingConfig(top_p=2), "top_p"), (lambda: SamplingConfig(top_k=0), "top_k"),
 ])
@@ -268,8 +271,6 @@ def test_kv_cache_methods():
     cache.advance(1)
     cache.stop_static_writes()
     assert cache.length == 3
-    cache.reset()
-    assert cache.length == 0 and cache.all_valid()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ def cli(*args):
 
 
 def test_cli_prints_each_prompt_with_its_continuation(run_dir):
-    code, out, err = cli(run_dir, "Hello", "The cat", "--temp=0", "--max_len=5", "--device=cpu", "--dtype=float32")
+    code, out, err = cli(run_dir, "Hello", "The cat", "--temperature=0", "--max_new_tokens=5", "--device=cpu", "--dtype=float32")
     assert code == 0, err
     assert "=== prompt 1/2: 'Hello'" in out and "=== prompt 2/2: 'The cat'" in out
     model, tok, _, _ = tools.load_model(run_dir)  # the texts are those of the library call
@@ -306,39 +307,41 @@ def test_cli_prints_each_prompt_with_its_continuation(run_dir):
 
 
 def test_cli_options(run_dir):
-    code, out, err = cli(run_dir, "Hi", "--temp=1", "--top_k=5", "--top_p=0.9", "--min_p=None", "--seed=1",
-                         "--num_samples=2", "--show_tokens", "--max_len=4", "--dtype=bfloat16")
+    code, out, err = cli(run_dir, "Hi", "--temperature=1", "--top_k=5", "--top_p=0.9", "--min_p=None", "--seed=1",
+                         "--num_samples=2", "--show_tokens", "--max_new_tokens=4", "--dtype=bfloat16")
     assert code == 0, err
     assert "(sample 1/2)" in out and "(sample 2/2)" in out and "--- tokens" in out
-    assert cli(run_dir, "Hi", "--temp=1", "--seed=1", "--max_len=8")[1] == \
-        cli(run_dir, "Hi", "--temp=1", "--seed=1", "--max_len=8")[1]
-    code, out, _ = cli(run_dir, "--temp=0", "--max_len=2", "--", "--not a flag")
+    assert cli(run_dir, "Hi", "--temperature=1", "--seed=1", "--max_new_tokens=8")[1] == \
+        cli(run_dir, "Hi", "--temperature=1", "--seed=1", "--max_new_tokens=8")[1]
+    code, out, _ = cli(run_dir, "--temperature=0", "--max_new_tokens=2", "--", "--not a flag")
     assert code == 0 and "'--not a flag'" in out
 
 
 @pytest.mark.parametrize("args, message", [
     (["no_such_model_xyz", "hi"], "no model named 'no_such_model_xyz'"),
     (["{tmp}", "hi"], "not a run folder"),
-    (["{run}", "hi", "--temp=-1"], "temperature=-1.0 must be a number >= 0"),
-    (["{run}", "hi", "--temp=warm"], "--temp='warm' is not a valid float"),
-    (["{run}", "hi", "--temp=1e-45"], "temperature=1e-45 is too small: it makes NaN probabilities"),
-    (["{run}", "hi", "--temperature=1e-45"], "temperature=1e-45 is too small"),
-    (["{run}", "hi", "--temp=1", "--temperature=1"], "--temp and --temperature are the same option"),
+    (["{run}", "hi", "--temperature=-1"], "SamplingConfig.temperature=-1.0 is invalid: must be a number in [0.0, "),
+    (["{run}", "hi", "--temperature=warm"], "--temperature='warm' is not a valid float"),
+    (["{run}", "hi", "--temperature=1e-45"], "temperature=1e-45 is invalid: too small, it makes NaN probabilities"),
+    (["{run}", "hi", "--temp=1"], "unknown option --temp. Did you mean: --temperature"),
     (["{run}", "hi", "--top_p=2"], "top_p"),
     (["{run}", "hi", "--top_k=0"], "top_k"),
     (["{run}", "hi", "--min_p=-1"], "min_p"),
-    (["{run}", "hi", "--max_len=0"], "max_new_tokens=0 must be an integer >= 1"),
-    (["{run}", "hi", "--max_new_tokens=0"], "max_new_tokens=0"),
-    (["{run}", "hi", "--max_len"], "--max_len='true' is not a valid int"),
+    (["{run}", "hi", "--max_new_tokens=0"], "GenerationConfig.max_new_tokens=0 is invalid: must be an integer >= 1"),
+    (["{run}", "hi", "--max_new_tokens"], "--max_new_tokens='true' is not a valid int"),
     (["{run}", "hi", "--num_samples=0"], "num_samples"),
     (["{run}", "hi", "--seed=-1"], "seed=-1"),
-    (["{run}", "hi", "--compile=maybe"], "compile='maybe' is not one of auto, on, off"),
-    (["{run}", "hi", "--device=tpu"], "--device='tpu'"),
-    (["{run}", "hi", "--dtype=float16"], "--dtype='float16'"),
-    (["{run}", "hi", "--tmep=1"], "unknown option --tmep. Did you mean: --temp"),
+    (["{run}", "hi", "--compile=maybe"], "compile='maybe' is invalid: allowed values are 'auto', 'on', 'off'"),
+    (["{run}", "hi", "--device=tpu"], "RunOptions.device='tpu' is invalid: allowed values are 'auto', 'cpu'"),
+    (["{run}", "hi", "--dtype=float16"], "RunOptions.dtype='float16' is invalid"),
+    (["{run}", "hi", "--temprature=1"], "unknown option --temprature. Did you mean: --temperature"),
     (["{run}", ""], "empty prompt"),
     (["{run}", "ok", "caf\udce9"], "prompt 2 is not valid UTF-8 text (byte e9 at character 3)"),
     (["{run}"], "no prompt given"),
+    (["Once upon a time"], "no model named 'Once upon a time' in "),  # the model name forgotten
+    (["Once upon a time"], "(the model comes first: python inference.py MODEL 'Once upon a time'); models there: "),
+    (["Once upon a time", "The dog"], "no model named 'Once upon a time'"),
+    (["no_such_model_xyz"], "no model named 'no_such_model_xyz'"),
     ([], "give a model"),
     (["{run}", "x" * 47], "prompt 1 is 48 tokens"),
 ])
@@ -355,15 +358,8 @@ def test_cli_help_lists_every_option_with_its_default():
     for cls in (SamplingConfig, GenerationConfig, inference.RunOptions):
         for field in dataclasses.fields(cls):
             assert f"--{field.name} (" in out and f"default {field.default!r}" in out, field.name
-    assert "--temp = --temperature" in out and "--max_len = --max_new_tokens" in out
     code, out, _ = cli("--help=top_p")
     assert code == 0 and "--top_p (float or None, default None)" in out
-
-
-def test_cli_aliases_mean_the_new_options(run_dir):
-    new = cli(run_dir, "Hi", "--temperature=0", "--max_new_tokens=4", "--device=cpu")
-    old = cli(run_dir, "Hi", "--temp=0", "--max_len=4", "--device=cpu")
-    assert new[0] == old[0] == 0 and new[1] == old[1]
 
 
 def broken_run(run_dir: Path, tmp_path: Path, how: str) -> Path:
@@ -394,7 +390,7 @@ def test_cli_in_real_processes(run_dir, tmp_path):
     """The same entry point as a user runs it: exit codes and stderr of real processes (run concurrently,
     since each pays for importing torch)."""
     cases = {
-        "ok": ([run_dir, "Once", "--temp=0", "--max_len=3"], 0, ""),
+        "ok": ([run_dir, "Once", "--temperature=0", "--max_new_tokens=3"], 0, ""),
         "unknown": (["no_such_model_xyz", "hi"], 2, "no model named"),
         "corrupt": ([broken_run(run_dir, tmp_path, "corrupt"), "hi"], 2, "corrupt"),
         "flag": ([run_dir, "hi", "--top_p=2"], 2, "top_p"),
@@ -444,19 +440,78 @@ def test_rope_in_reals_matches_the_complex_rotation(batched_positions):
     assert torch.allclose(apply_rope(x.bfloat16(), real).float(), apply_rope(x.bfloat16(), rotation).float())
 
 
+def assert_decode_step_logits_are_the_full_forwards(model, ids: torch.Tensor) -> None:
+    """The fixed-slot step's logits for the last token of ids (1, T), after a prefill of the others, are the
+    full forward's."""
+    T = ids.shape[1]
+    with torch.inference_mode():
+        expected = model(ids)[0][:, -1]
+        cache = model.new_cache(1, max_positions=T + 2)
+        model(ids[:, :-1], cache=cache)
+        cache.start_static_writes()
+        got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[T - 1]]), cache, greedy=False)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["MHA", "mup_softcap"])
 def test_decode_step_logits_equal_the_full_forward(variant):
     """The fixed-slot step's logits, not only its argmax: multipliers and caps outside the layers keep the
     argmax, so only the logits show that every path applies them."""
     model = tiny_model(**VARIANTS[variant])
-    ids = torch.tensor([[5, 9, 3, 7, 11, 2]])
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2]]))
+
+
+@pytest.mark.parametrize("variant", list(EVERY_OPTION_VARIANTS))
+def test_every_option_model_generates_its_full_forward(variant, monkeypatch):
+    """Every option on at once (tests/helpers.py): the decode step's logits are the full forward's, and the
+    growing cache and the fixed-slot step (eager here; compiled in the next test) give its greedy tokens."""
+    model = tiny_model(**EVERY_OPTION_VARIANTS[variant])
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2, 8, 1]]))
     with torch.inference_mode():
-        expected = model(ids)[0][:, -1]
-        cache = model.new_cache(1, max_positions=8)
-        model(ids[:, :-1], cache=cache)
-        cache.start_static_writes()
-        got = decode_step_module.decode_step(model, ids[:, -1:], torch.tensor([[5]]), cache, greedy=False)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
+    assert gen(model, PROMPTS, 40) == expected
+    assert gen(model, PROMPTS, 40, use_cache=False) == expected
+    monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
+    assert gen(model, PROMPTS, 40, compile="on") == expected
+
+
+class X0Residual(Model):
+    """Model.forward with a research edit in its own body (nanochat's x0 residual lambdas: each layer's input
+    mixes back the embeddings x0). Every generation path must follow it: they all run the model's forward."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.x0_lambdas = torch.nn.Parameter(torch.linspace(0.5, 1.5, cfg.num_layers))
+
+    def forward(self, input_ids, targets=None, *, positions=None, doc_ids=None, cache=None, last_only=False):
+        if cache is not None and cache.write_slot is not None:
+            slots = cache.write_slot
+        else:
+            start = cache.length if cache is not None else 0
+            slots = torch.arange(start, start + input_ids.shape[1])
+        positions = slots if positions is None else positions
+        x0 = x = self.embed(input_ids, positions)
+        inputs = AttentionInputs(slots, self.rope(positions), doc_ids, cache)
+        for i, layer in enumerate(self.layers):
+            x = layer(x + self.x0_lambdas[i] * x0, inputs)  # the edit
+        inputs.advance_cache()
+        return self.output_logits(x[:, -1:] if last_only else x), None
+
+
+def test_generation_follows_an_edit_to_the_model_forward(monkeypatch):
+    """Cached, fixed-slot (eager) and compiled decoding give the edited forward's tokens and logits."""
+    torch.manual_seed(0)
+    model = X0Residual(tiny_model().cfg).eval()
+    assert_decode_step_logits_are_the_full_forwards(model, torch.tensor([[5, 9, 3, 7, 11, 2]]))
+    with torch.inference_mode():
+        expected = [greedy_reference(model, p, max_len=40) for p in PROMPTS]
+        plain = Model(model.cfg).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        assert [greedy_reference(plain, p, max_len=40) for p in PROMPTS] != expected  # the edit matters
+    assert gen(model, PROMPTS, 40) == expected  # the growing cache
+    assert gen(model, PROMPTS, 40, compile="on") == expected  # the fixed-slot step under torch.compile
+    monkeypatch.setattr(decode_step_module, "compiled_decode_step", lambda: decode_step_module.decode_step)
+    assert gen(model, PROMPTS, 40, compile="on") == expected  # the same step, eager
 
 
 @pytest.mark.parametrize("dtype,autocast_on", [("auto", False), ("float32", False), ("bfloat16", True)])

@@ -299,14 +299,25 @@ MODEL_RENAMES = {old: new for old, new in config.RENAMED_FIELDS.items() if new i
 
 def test_model_renames_are_listed():
     assert {"out_weight_share": "tie_embeddings", "second_resid_norm": "post_sublayer_norm",
-            "scale_first_resid": "scale_embeddings"}.items() <= MODEL_RENAMES.items()
+            "scale_first_resid": "scale_embeddings", "eps": "norm_eps"}.items() <= MODEL_RENAMES.items()
+    assert config.RENAMED_FIELDS["epsilon"] == "adamw_eps"
 
 
 @pytest.mark.parametrize("run", ["gpt2_atto", "llama3_atto"])
-def test_shipped_runs_with_old_field_names_still_load(run):
-    saved = json.loads((ROOT / "trained" / run / "model_config.json").read_text())
-    assert set(MODEL_RENAMES) & set(saved), "the shipped runs predate the renames"
+def test_shipped_train_configs_with_old_field_names_still_load(run):
+    saved = json.loads((ROOT / "trained" / run / "train_config.json").read_text())
+    assert "epsilon" in saved, "the shipped runs predate the rename"
+    assert config.TrainConfig.from_dict(saved).adamw_eps == saved["epsilon"]
+
+
+@pytest.mark.parametrize("run", ["gpt2_atto", "llama3_atto"])
+def test_runs_with_old_field_names_still_load(run):
+    """The shipped runs' configs as saved before the renames (tests/baselines/old_configs) load as today's, and
+    today's weights go into the model they describe."""
+    saved = json.loads((ROOT / "tests" / "baselines" / "old_configs" / f"{run}_model_config.json").read_text())
+    assert set(MODEL_RENAMES) & set(saved), "these configs predate the renames"
     cfg = ModelConfig.from_dict(saved)
+    assert cfg == ModelConfig.from_dict(json.loads((ROOT / "trained" / run / "model_config.json").read_text()))
     for old, new in MODEL_RENAMES.items():
         if old in saved:
             assert getattr(cfg, new) == saved[old]

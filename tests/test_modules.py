@@ -463,7 +463,7 @@ def model_choice_lists() -> dict[str, str]:
 
 CHOICES = model_choice_lists()
 IMPLEMENTATIONS = {"norm_type": (NORMS, reference.NORMS), "mlp_nonlinearity": (ACTIVATIONS, reference.ACTIVATIONS),
-                   "pos_enc_type": (POSITION_ENCODINGS, None)}
+                   "pos_enc_type": (POSITION_ENCODINGS, reference.POSITIONS)}
 
 
 def test_every_model_choice_list_is_found():

@@ -1,18 +1,11 @@
-"""Notebooks run headless, top to bottom, from the project root, and show what they promise."""
+"""Notebooks run headless, top to bottom, from the root of a fresh clone (nothing a checkout gathered: no token
+cache, no runs but the shipped ones), and show what they promise."""
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_notebook(name: str, timeout: int = 300) -> nbformat.NotebookNode:
-    nb = nbformat.read(ROOT / name, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    return nb
+from tests.helpers import run_notebook
 
 
 def cell_text(cell) -> str:
@@ -20,12 +13,12 @@ def cell_text(cell) -> str:
 
 
 @pytest.mark.slow
-def test_view_modules_notebook():
-    committed = nbformat.read(ROOT / "view_modules.ipynb", as_version=4)
+def test_view_modules_notebook(fresh_clone):
+    committed = nbformat.read(fresh_clone / "view_modules.ipynb", as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in committed.cells if c.cell_type == "code"), "commit the notebook without outputs"
 
-    nb = run_notebook("view_modules.ipynb")
+    nb = run_notebook("view_modules.ipynb", fresh_clone)
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, errors

@@ -23,7 +23,8 @@ from machinery.sweeps.stats import welch
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
 COLUMNS = ["variant", "seeds", "best_val_loss_mean", "best_val_loss_std", "final_val_loss_mean",
-           "bits_per_byte_mean", "tokens_per_sec_mean", "diff_vs_baseline", "ci95_low", "ci95_high", "p_value", "test"]
+           "bits_per_byte_mean", "tokens_per_sec_mean", "diff_vs_baseline", "ci95_low", "ci95_high", "p_value", "test",
+           "still_improving", "wall_s_mean", "train_flops_mean", "peak_memory_mb_max"]
 
 
 def tiny(cache: Path, **extra) -> list[str]:
@@ -37,16 +38,19 @@ def tiny(cache: Path, **extra) -> list[str]:
 
 
 def _point_dirs(mp: pytest.MonkeyPatch, root: Path) -> None:
-    mp.setattr(tools, "TRAINED_DIR", root / "trained")
     mp.setenv("TEMPLATEGPT_TRAINED_DIR", str(root / "trained"))
     mp.setenv("TEMPLATEGPT_SWEEPS_DIR", str(root / "sweeps"))
 
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """Any attempt to start train.py fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"a run was started: {args[0]}")
+    """Any attempt to start train.py fails the test (other commands, e.g. git for the code record, run)."""
+    real = subprocess.Popen
+
+    def refuse(command, *args, **kwargs):
+        if str(runner.TRAIN_SCRIPT) in map(str, command):
+            raise AssertionError(f"a run was started: {command}")
+        return real(command, *args, **kwargs)
     monkeypatch.setattr(runner.subprocess, "Popen", refuse)
 
 
@@ -266,7 +270,7 @@ def test_changed_shared_settings_are_refused(killed_sweep, monkeypatch, capsys, 
     _point_dirs(monkeypatch, killed_sweep["root"])
     assert sweep.main(killed_sweep["args"] + ["--weight_decay=0.5"]) == 2
     err = capsys.readouterr().err
-    assert "other shared settings" in err and "weight_decay: (not set) -> 0.5" in err and "--overwrite" in err
+    assert "other shared settings" in err and "weight_decay: 0.1 (default) -> 0.5" in err and "--overwrite" in err
 
 
 def test_model_comparison_shows_a_sweep(killed_sweep, monkeypatch, capsys, no_training):
@@ -277,3 +281,84 @@ def test_model_comparison_shows_a_sweep(killed_sweep, monkeypatch, capsys, no_tr
     assert "| `qk` | 2 |" in out and "Welch" in out
     assert model_comparison.main(["--sweep=nope"]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+def test_report_shows_cost_convergence_and_code(killed_sweep):
+    folder = killed_sweep["root"] / "sweeps" / "t"
+    runs = list(csv.DictReader(open(folder / "runs.csv", newline="")))
+    assert list(runs[0]) == ["run", "variant", "seed", "best_val_loss", "final_val_loss", "still_improving",
+                             "tokens_per_sec", "train_time_s", "wall_s", "train_flops", "peak_memory_mb", "code_diff",
+                             "bits_per_byte"]
+    for r in runs:
+        assert float(r["wall_s"]) >= float(r["train_time_s"]) > 0 and float(r["peak_memory_mb"]) > 0
+        assert float(r["train_flops"]) > 0 and r["code_diff"] == "same" and r["still_improving"] in ("True", "False")
+    summary = (folder / "summary.md").read_text()
+    assert "| still improving | bits/byte | tokens/s | wall s | peak MiB |" in summary and "![" in summary
+    assert (folder / "cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_from_changed_code_are_refused_naming_the_files(killed_sweep, monkeypatch, capsys, no_training):
+    from machinery.run import provenance
+    from machinery.sweeps.definition import Sweep
+    _point_dirs(monkeypatch, killed_sweep["root"])
+    recorded = Sweep.load("t").code
+    assert recorded and "modules/mlp.py" in recorded["files"]
+    real = provenance.code_state
+
+    def edited(*args, **kwargs):
+        state = real(*args, **kwargs)
+        return {**state, "files": {**recorded["files"], "modules/mlp.py": "0" * 64}}
+    monkeypatch.setattr(provenance, "code_state", edited)
+    finished = [a for a in killed_sweep["args"] if "broken" not in a]
+    assert sweep.main(finished + ["--dry_run"]) == 0  # nothing to add: nothing to refuse
+    capsys.readouterr()
+    assert sweep.main(["--name=t", "--seeds=3", "--dry_run"]) == 2  # a third seed would come from other code
+    err = capsys.readouterr().err
+    assert "other code (modules/mlp.py changed)" in err and "--allow_code_change" in err
+    assert sweep.main(["--name=t", "--seeds=3", "--dry_run", "--allow_code_change"]) == 0
+    assert "t__qk__s2" in capsys.readouterr().out
+
+
+def test_a_rerun_names_only_the_settings_that_differ(tmp_path, monkeypatch):
+    """Left-out settings are the recorded ones; old field names match new ones; defaults count as values."""
+    from machinery.sweeps.definition import Sweep
+    from machinery.fileio import write_json
+    _point_dirs(monkeypatch, tmp_path)
+    fixed = {"dim": "32", "eval_samples": "8", "max_iters": "300", "lr_max": "3e-3"}
+    first = Sweep("s", "llama3_atto", fixed, [], [("a", {}), ("b", {"qk_norm": "true"})], [0, 1])
+    write_json(first.folder / "sweep.json", first.to_json())
+
+    full = Sweep.from_command("s", "llama3_atto", {"dim": "32", "eval_batches": "8", "max_iters": "400",
+                                                   "lr_max": "0.003"}, [], [], [0, 1], seeds_given=False)
+    assert full.differences(first) == ["max_iters: 300 -> 400"]  # before: eval_batches and eval_samples '(not set)'
+    partial = Sweep.from_command("s", None, {"max_iters": "400"}, [], [], [0, 1, 2], seeds_given=False)
+    assert partial.differences(first) == ["max_iters: 300 -> 400"]  # before: every other setting '(not set)'
+    assert partial.preset == "llama3_atto" and [v.name for v in partial.variants] == ["a", "b"]
+    assert partial.seeds == [0, 1] and partial.fixed["dim"] == "32"
+    more = Sweep.from_command("s", None, {}, [], [], [0, 1, 2], seeds_given=True)
+    assert more.differences(first) == [] and len(more.runs) == 6
+    new = Sweep.from_command("s", None, {"weight_decay": "0.1", "theta": "500000"}, [], [], [0], seeds_given=False)
+    assert new.differences(first) == []  # the default and the preset's value, given explicitly: no difference
+    swept = Sweep.from_command("s", None, {}, [("lr_max", ["3e-3", "1e-2"])], [], [0], seeds_given=False)
+    assert swept.differences(first) == ["lr_max: 3e-3 -> (swept)"]
+    fresh = Sweep.from_command("s", None, {"max_iters": "400"}, [], [], [0], seeds_given=False, inherit=False)
+    assert fresh.preset is None and fresh.fixed == {"max_iters": "400"}  # --overwrite: the command alone
+
+
+def test_p_values_from_runs_still_improving_are_flagged():
+    import pandas as pd
+
+    from machinery.sweeps.definition import Sweep
+    from machinery.sweeps.report import summarize, to_markdown
+    s = Sweep("flag", None, {}, [], [("a", {}), ("b", {"qk_norm": "true"})], [0, 1])
+    rows = [dict(run=f"r{v}{seed}", variant=v, seed=seed, best_val_loss=3.0 + 0.1 * (v == "b") + 0.01 * seed,
+                 final_val_loss=3.1, still_improving=False, tokens_per_sec=1000.0, train_time_s=1.0, wall_s=2.0,
+                 train_flops=1e9, peak_memory_mb=400.0, bits_per_byte=1.5, code_diff="same")
+            for v in ("a", "b") for seed in (0, 1)]
+    converged = to_markdown(s, summarize(s, pd.DataFrame(rows)), [], 0)
+    assert "†" not in converged and "| 0 of 2 |" in converged
+    rows[3]["still_improving"] = True  # one seed of b still improving
+    table = summarize(s, pd.DataFrame(rows))
+    assert list(table["still_improving"]) == [0, 1]
+    flagged = to_markdown(s, table, [], 0)
+    assert "| 1 of 2 |" in flagged and " † |" in flagged and "† computed from runs still improving" in flagged

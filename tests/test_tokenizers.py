@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from machinery.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, available_tokenizers, get_tokenizer
+from machinery.data.byte_tokenizer import ByteTokenizer
+from machinery.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from machinery.data.tokenizer import available_tokenizers, get_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BPE_SIZES = [512, 1024, 2048]

@@ -1,6 +1,7 @@
 """train.py: command line, run folder, exact resume (kill -9 included), non-finite loss, loss regression."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import torch
 
 import tools
 import train
+from machinery.run import runs
 from machinery.run.checkpoint import latest_checkpoint
 from machinery.run.run_log import COLUMNS
 from tests.helpers import deterministic, read_log
@@ -39,19 +41,11 @@ def tiny_args(sample_data: Path, cache: Path, name: str = "run", **extra) -> lis
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
-@pytest.fixture
-def trained_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "trained"
-    monkeypatch.setattr(tools, "TRAINED_DIR", path)
-    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(path))
-    return path
-
-
 def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
     assert train.main(tiny_args(sample_data, data_cache)) == 0
     run = trained_dir / "run"
     for name in ("model_config.json", "train_config.json", "model.safetensors", "log_data.csv",
-                 "training_curves.png"):
+                 "training_curves.png", "provenance.json", "summary.json"):
         assert (run / name).is_file(), name
     assert (run / "training_curves.png").read_bytes().startswith(b"\x89PNG")
     rows = read_log(run)
@@ -60,6 +54,7 @@ def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
     assert int(rows[-1]["tokens"]) == 12 * 4 * 32
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
     assert all(float(r["tokens_per_sec"]) > 0 and float(r["grad_norm"]) > 0 for r in rows)
+    assert all(float(r["wall_s"]) >= float(r["elapsed_s"]) and float(r["peak_memory_mb"]) > 0 for r in rows)
     assert latest_checkpoint(run).name == "step_12"
     saved = json.loads((run / "model_config.json").read_text())
     assert saved["vocab_len"] == 512 and saved["head_dim"] == 8
@@ -92,9 +87,15 @@ def test_cli_errors_are_one_clear_line(argv, message, trained_dir, capsys):
     assert message in err and "Traceback" not in err
 
 
+def read_curve(run_dir: Path) -> list[dict]:
+    with open(Path(run_dir) / "train_loss.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_cache, trained_dir, monkeypatch):
-    """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one."""
-    assert train.main(tiny_args(sample_data, data_cache, name="straight")) == 0
+    """A crash in the middle of writing a checkpoint loses nothing: resume continues from the previous one, and
+    the training curve's rows after it (written before the crash) are dropped and made again."""
+    assert train.main(tiny_args(sample_data, data_cache, name="straight", log_interval=1)) == 0
 
     import machinery.run.checkpoint as ckpt
     real_save, calls = torch.save, {"n": 0}
@@ -107,16 +108,19 @@ def test_resume_after_interrupted_checkpoint_write_is_exact(sample_data, data_ca
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", crash_on_second_checkpoint)
-    assert train.main(tiny_args(sample_data, data_cache, name="crashed")) == 130
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed", log_interval=1)) == 130
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert latest_checkpoint(trained_dir / "crashed").name == "step_4"
-    assert train.main(tiny_args(sample_data, data_cache, name="crashed") + ["--resume"]) == 0
+    assert [int(r["step"]) for r in read_curve(trained_dir / "crashed")] == list(range(1, 9))
+    assert train.main(tiny_args(sample_data, data_cache, name="crashed", log_interval=1) + ["--resume"]) == 0
     assert deterministic(read_log(trained_dir / "crashed")) == deterministic(read_log(trained_dir / "straight"))
+    assert read_curve(trained_dir / "crashed") == read_curve(trained_dir / "straight")
+    assert [int(r["step"]) for r in read_curve(trained_dir / "straight")] == list(range(1, 13))
 
 
 def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained_dir):
     """kill -9 at an arbitrary moment after the first checkpoint; --resume reproduces the log bit for bit."""
-    args = tiny_args(sample_data, data_cache, max_iters=24, checkpoint_interval=5, eval_interval=4)
+    args = tiny_args(sample_data, data_cache, max_iters=24, checkpoint_interval=5, eval_interval=4, log_interval=2)
     assert train.main(args[:-1] + ["--model_name=straight"]) == 0
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -134,6 +138,32 @@ def test_kill_9_then_resume_gives_identical_log(sample_data, data_cache, trained
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming killed from step" in resumed.stdout
     assert deterministic(read_log(trained_dir / "killed")) == deterministic(read_log(trained_dir / "straight"))
+    assert read_curve(trained_dir / "killed") == read_curve(trained_dir / "straight")
+
+
+@pytest.mark.parametrize("mode", ["stretch", "extend_tail", "restart_decay"])
+def test_resume_with_more_steps_follows_resume_schedule_and_says_so(mode, sample_data, data_cache, trained_dir,
+                                                                    capsys):
+    """--resume --max_iters=N: the header says what the schedule does now, the lr of the added steps follows it,
+    and train_config.json holds it (so a later --resume continues it)."""
+    from training.schedule import lr_at
+    args = tiny_args(sample_data, data_cache, log_interval=1)  # 12 steps, lr 3e-3 -> 3e-4
+    assert train.main(args) == 0
+    capsys.readouterr()
+    assert train.main(args + ["--resume", "--max_iters=20", f"--resume_schedule={mode}"]) == 0
+    out = capsys.readouterr().out
+    assert f"schedule: max_iters 12 -> 20, resume_schedule={mode!r}: " in out
+    saved = tools.load_configs(trained_dir / "run")[1]
+    lrs = {int(r["step"]): float(r["lr"]) for r in read_curve(trained_dir / "run")}
+    assert sorted(lrs) == list(range(1, 21))
+    assert all(lrs[s] == lr_at(s - 1, saved) for s in range(13, 21))  # the saved config is the schedule used
+    if mode == "stretch":
+        assert lrs[13] > 3e-4 * 1.5 and "goes from 3.00e-04 to" in out  # the lr went back up
+    elif mode == "extend_tail":
+        assert saved.final_flat_iters == 8 and all(lrs[s] == 3e-4 for s in range(13, 21))
+        assert all(lrs[s] == lr_at(s - 1, saved) for s in range(1, 13))  # and the decay before it, as it was
+    else:  # the run had reached lr_min: a restarted decay from there stays at it
+        assert (saved.decay_restart_step, saved.decay_restart_lr) == (12, 3e-4) and "--init_from" in out
 
 
 def test_corrupt_checkpoint_is_one_clear_line(sample_data, data_cache, trained_dir, capsys):
@@ -234,6 +264,25 @@ def test_a_choice_named_in_config_without_an_implementation_stops_training(field
     assert not (trained_dir / "run").exists()
 
 
+def test_training_curve_has_a_point_per_log_line(sample_data, data_cache, trained_dir):
+    """A short run's plot shows a curve: the training loss of every log_interval line (train_loss.csv, as
+    printed), validation at each evaluation."""
+    from machinery.run.curves import training_curves_figure
+    from machinery.run.run_log import TrainLossLog
+    assert train.main(tiny_args(sample_data, data_cache, max_iters=12, eval_interval=6, log_interval=2)) == 0
+    run = trained_dir / "run"
+    curve = read_curve(run)
+    assert list(curve[0]) == TrainLossLog.COLUMNS
+    assert [int(r["step"]) for r in curve] == [2, 4, 6, 8, 10, 12]
+    assert [int(r["tokens"]) for r in curve] == [s * 4 * 32 for s in (2, 4, 6, 8, 10, 12)]
+    train_line, val_line = training_curves_figure(read_log(run), "run", curve).axes[0].lines
+    assert list(train_line.get_xdata()) == [2, 4, 6, 8, 10, 12] and list(val_line.get_xdata()) == [6, 12]
+    assert list(train_line.get_ydata()) == [float(r["train_loss"]) for r in curve]
+    # a run from before train_loss.csv: the training curve is log_data.csv's mean between evaluations
+    old_line = training_curves_figure(read_log(run), "run").axes[0].lines[0]
+    assert list(old_line.get_xdata()) == [6, 12] and "between evaluations" in old_line.get_label()
+
+
 def test_log_to_a_file_has_loss_lines_between_evaluations(sample_data, data_cache, trained_dir, capfd):
     """Output redirected (a log file, CI, a job scheduler: not a terminal): plain lines, no progress bar's
     carriage returns; a loss line every log_interval steps, evaluations in between."""
@@ -272,8 +321,13 @@ def test_help_for_one_field(capsys):
 
 
 def test_old_name_eval_samples_still_loads(tmp_path):
-    """Runs saved before eval_samples became eval_batches (the shipped ones) keep loading."""
-    model_cfg, train_cfg = tools.load_configs(ROOT / "trained" / "llama3_atto")
-    assert train_cfg.eval_batches == json.loads((ROOT / "trained/llama3_atto/train_config.json").read_text())["eval_samples"]
+    """Runs saved before eval_samples became eval_batches keep loading."""
+    from config import ModelConfig, TrainConfig
+    old = TrainConfig().to_dict()
+    old["eval_samples"] = 7
+    del old["eval_batches"]
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    (tmp_path / "model_config.json").write_text(json.dumps(ModelConfig().to_dict()))
+    assert runs.load_configs(tmp_path)[1].eval_batches == 7
     from machinery.cli import build_configs
     assert build_configs({"eval_samples": "3"})[1].eval_batches == 3

@@ -106,7 +106,7 @@ def test_run_log_resume_drops_rows_after_the_checkpoint(tmp_path):
     log = RunLog(tmp_path / "log.csv")
     for step in (10, 20, 30):
         log.append(dict(step=step, tokens=step * 8, elapsed_s=1.0, tokens_per_sec=2.0, train_loss=0.1 + step,
-                        val_loss=0.3, perplexity=1.3, lr=1e-3, grad_norm=0.5, mfu=0.01))
+                        val_loss=0.3, perplexity=1.3, lr=1e-3, grad_norm=0.5, mfu=0.01, wall_s=2.0, peak_memory_mb=9.0))
     resumed = RunLog.resume(tmp_path / "log.csv", up_to_step=20)
     assert [int(r["step"]) for r in resumed.rows] == [10, 20]
     assert float(resumed.rows[0]["train_loss"]) == 10.1  # repr(float) round-trips exactly
@@ -126,16 +126,81 @@ def test_run_state_saves_and_restores_whole(tmp_path):
     import dataclasses
 
     from machinery.run.run_state import RunState
-    state = RunState(step=7, tokens=896, elapsed_s=1.5, best_val=2.25, interval_steps=3, interval_tokens=384,
-                     interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
+    state = RunState(step=7, tokens=896, elapsed_s=1.5, wall_s=10.0, best_val=2.25, interval_steps=3,
+                     interval_tokens=384, interval_s=0.5, data=[{"position": 4, "rng": {"state": 1}}])
     state.add_step(torch.tensor(2.0), tokens=128, seconds=0.25)
     state.capture_rng(torch.device("cpu"))
     torch.save({**state.to_dict(), "optimizers": []}, tmp_path / "state.pt")
+    saved_at = state.wall_time()
     back = RunState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert 10.0 < back.wall_s <= saved_at and back.wall_time() >= back.wall_s  # the clock goes on from the save
     for f in dataclasses.fields(RunState):
+        if f.name == "wall_s":
+            continue
         a, b = getattr(state, f.name), getattr(back, f.name)
         assert torch.equal(a, b) if f.name == "interval_loss" else (
             torch.equal(a["torch"], b["torch"]) if f.name == "rng" else a == b), f.name
     loss, tokens_per_sec = back.close_interval()
     assert float(loss) == 0.5 and tokens_per_sec == 512 / 0.75 and back.interval_steps == 0
     assert back.elapsed_s == 2.25
+
+
+# --- the schedule when --resume changes max_iters -------------------------------------------------------
+def resumed(mode: str, step: int, max_iters: int = 200, **kw):
+    from training.schedule import resumed_schedule
+    saved = TrainConfig(max_iters=100, warmup_iters=10, lr_init=0.0, lr_max=1.0, lr_min=0.1, **kw)
+    return saved, *resumed_schedule(saved, TrainConfig(**{**saved.to_dict(), "max_iters": max_iters,
+                                                         "resume_schedule": mode}), step)
+
+
+def test_resume_stretch_stretches_the_rest_and_says_how_the_lr_jumps():
+    saved, cfg, note = resumed("stretch", 100)
+    assert cfg.final_flat_iters == 0 and cfg.decay_restart_step is None
+    stretched = 0.1 + 0.45 * (1 + math.cos(math.pi * 90 / 190))  # step 100 is 90 of the 190 annealing steps
+    assert lr_at(100, saved) == 0.1 and lr_at(100, cfg) == pytest.approx(stretched)  # back up the longer cosine
+    assert note.startswith("schedule: max_iters 100 -> 200, resume_schedule='stretch'")
+    assert f"the lr at step 100 goes from 1.00e-01 to {stretched:.2e}" in note and "extend_tail" in note
+
+
+@pytest.mark.parametrize("step", [60, 100])
+def test_resume_extend_tail_keeps_the_decay_and_holds_lr_min(step):
+    saved, cfg, note = resumed("extend_tail", step)
+    assert cfg.final_flat_iters == 100
+    assert [lr_at(s, cfg) for s in range(100)] == [lr_at(s, saved) for s in range(100)]  # the decay as it was
+    assert all(lr_at(s, cfg) == 0.1 for s in range(100, 200))
+    assert f"the decay still ends at step 100, then lr_min=1.00e-01 until step 200; the lr at step {step} stays" in note
+    with pytest.raises(ValueError, match="extend_tail.*would cut it"):
+        resumed("extend_tail", 60, max_iters=80)
+    _, shorter, _ = resumed("extend_tail", 60, max_iters=90, final_flat_iters=20)  # only the flat tail shrinks
+    assert shorter.final_flat_iters == 10 and lr_at(75, shorter) == lr_at(75, TrainConfig(
+        max_iters=100, warmup_iters=10, lr_init=0.0, lr_max=1.0, lr_min=0.1, final_flat_iters=20))
+
+
+def test_resume_restart_decay_decays_from_the_current_lr():
+    saved, cfg, note = resumed("restart_decay", 60)
+    start = lr_at(60, saved)
+    assert (cfg.decay_restart_step, cfg.decay_restart_lr) == (60, start)
+    lrs = [lr_at(s, cfg) for s in range(60, 200)]
+    assert lrs[0] == start and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 0.1  # no jump, smooth
+    assert lr_at(200, cfg) == 0.1 and lr_at(130, cfg) == pytest.approx(0.1 + (start - 0.1) / 2)  # a cosine
+    assert f"from {start:.2e} at step 60, a new cos decay to lr_min=1.00e-01 by step 200" in note
+    _, finished, note = resumed("restart_decay", 100)  # a finished run is at lr_min: it stays there
+    assert all(lr_at(s, finished) == 0.1 for s in range(100, 200)) and "--init_from" in note
+    _, warming, _ = resumed("restart_decay", 5)  # stopped during warmup: warmup ends, then the new decay
+    assert warming.decay_restart_step == 10 and lr_at(10, warming) == 1.0 and lr_at(7, warming) == lr_at(7, saved)
+
+
+def test_resume_without_a_schedule_change_says_nothing():
+    from training.schedule import resumed_schedule
+    saved = TrainConfig(max_iters=100)
+    assert resumed_schedule(saved, TrainConfig(max_iters=100, log_interval=5), 50) == (
+        TrainConfig(max_iters=100, log_interval=5), None)
+    _, note = resumed_schedule(saved, TrainConfig(max_iters=100, lr_max=2e-3), 50)
+    assert note.startswith("schedule changed: the lr at step 50 goes from")
+
+
+def test_restart_fields_are_set_together():
+    with pytest.raises(ValueError, match="decay_restart_step"):
+        TrainConfig(decay_restart_step=5)
+    with pytest.raises(ValueError, match="decay_restart_lr"):
+        TrainConfig(decay_restart_step=5, decay_restart_lr=1.0)  # above lr_max

@@ -16,9 +16,9 @@ from machinery.run.device import autocast
 def evaluate(model: nn.Module, val_tokens: np.ndarray, seq_len: int, train_cfg: TrainConfig, machine,
              bos_id: int) -> float:
     """Mean loss over train_cfg.eval_batches validation batches of micro_batch_size windows each."""
-    info, device = machine.dist, machine.device
+    dist, device = machine.dist, machine.device
     batches = TokenBatches(val_tokens, train_cfg.micro_batch_size, seq_len, seed=train_cfg.seed,
-                           sampling="sequential", rank=info.rank, world_size=info.world_size, device=device,
+                           sampling="sequential", rank=dist.rank, world_size=dist.world_size, device=device,
                            doc_masking=train_cfg.doc_masking, bos_id=bos_id)
     model.eval()
     total = torch.zeros((), device=device)
@@ -28,4 +28,4 @@ def evaluate(model: nn.Module, val_tokens: np.ndarray, seq_len: int, train_cfg: 
             _, loss = model(batch.inputs, batch.targets, doc_ids=batch.doc_ids)
         total += loss.float()
     model.train()
-    return distributed.mean_across_ranks(total / train_cfg.eval_batches, info).item()
+    return distributed.mean_across_ranks(total / train_cfg.eval_batches, dist).item()

@@ -27,7 +27,7 @@ def split_params(model: nn.Module) -> tuple[list, list, list]:
 def _adamw(groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     # fused runs the whole update in one kernel per device (CUDA and CPU); MPS gets foreach
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr_max, betas=(cfg.beta1, cfg.beta2), eps=cfg.epsilon,
+    return torch.optim.AdamW(groups, lr=cfg.lr_max, betas=(cfg.beta1, cfg.beta2), eps=cfg.adamw_eps,
                              fused=fused, foreach=None if fused else True)
 
 

@@ -7,8 +7,10 @@ from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatt
 
 from machinery.comparison.runs import as_runs
 
-X_AXES = {"step": "step", "tokens": "training tokens", "elapsed_s": "wall time (s)", "flops": "training FLOPs"}
-SI_AXES = ("tokens", "flops")  # axes whose values run into millions and more
+X_AXES = {"step": "step", "tokens": "training tokens", "elapsed_s": "training time (s, evaluations excluded)",
+          "wall_s": "wall-clock time (s)", "flops": "training FLOPs"}
+SI_AXES = ("tokens", "flops", "train_flops")  # axes whose values run into millions and more
+COST_AXES = {"wall_s": "wall-clock time (s)", "train_flops": "training FLOPs", "peak_memory_mb": "peak memory (MiB)"}
 
 
 def _new_ax(ax):
@@ -37,8 +39,8 @@ def _format_x(ax, x: str, logx: bool) -> None:
 
 def plot_metric(runs, column: str = "val_loss", x: str = "step", logx: bool = False, logy: bool = False,
                 smooth: float = 0, ax=None, legend: bool = True):
-    """One line per run of a log column against x ('step', 'tokens', 'elapsed_s' or 'flops' =
-    tokens * the model's training FLOPs per token). smooth in [0, 1): exponential moving average weight
+    """One line per run of a log column against x ('step', 'tokens', 'elapsed_s' = training time, 'wall_s' =
+    wall-clock time with evaluations, or 'flops' = tokens * the model's training FLOPs per token). smooth in [0, 1): exponential moving average weight
     of the past (0 = raw). Returns the matplotlib Axes."""
     if x not in X_AXES:
         raise ValueError(f"x={x!r} is not one of {', '.join(X_AXES)}")
@@ -102,3 +104,71 @@ def plot_topk(table_or_results, ax=None):
         _legend_outside(ax)
         ax.set_xticks(range(1, max(len(a) for a in results.values()) + 1))
     return ax
+
+
+def plot_cost(table: pd.DataFrame, group: str | None = None, title: str = ""):
+    """What each run's result cost: its best validation loss against wall-clock time, training FLOPs and peak
+    memory, one panel each (lower-left is better per second / per FLOP / per MiB). table: one row per run with
+    best_val_loss, wall_s, train_flops, peak_memory_mb and still_improving (summary_table's, or a sweep's
+    runs.csv); group: the column that colours and labels the points (default: the run). A hollow marker is a
+    run still improving at its last evaluation. Runs logged before a cost was recorded have no point there."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    fig, axes = plt.subplots(1, len(COST_AXES), figsize=(13, 4.2), layout="constrained", sharey=True)
+    labels = table[group] if group else pd.Series(table.index, index=table.index)
+    colors = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels))}
+    improving = table.get("still_improving", pd.Series(False, index=table.index)).fillna(False).astype(bool)
+    for ax, (column, axis_label) in zip(axes, COST_AXES.items()):
+        xs = table[column].astype(float) if column in table else pd.Series(float("nan"), index=table.index)
+        for idx, x in xs.items():
+            y = float(table.loc[idx, "best_val_loss"])
+            if pd.notna(x) and pd.notna(y):
+                color = colors[labels[idx]]
+                ax.scatter([x], [y], s=46, edgecolors=color, linewidths=1.5,
+                           facecolors="none" if improving[idx] else color)
+        if xs.isna().all():
+            ax.text(0.5, 0.5, "not recorded for these runs", transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_xlabel(axis_label)
+        if column in SI_AXES:
+            ax.xaxis.set_major_formatter(EngFormatter(sep="\N{THIN SPACE}"))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best validation loss")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=str(label)) for label, c in colors.items()]
+    if improving.any():
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.3",
+                              label="hollow: still improving"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+    fig.suptitle(title or "best validation loss against what it cost")
+    return fig
+
+
+def plot_judge(summary: dict):
+    """The judge's grades per run with 95% confidence intervals: mean grade per criterion (1-10) on the left,
+    the mean guessed age in years on the right. `summary`: machinery/evaluation/judge.summarize()'s result.
+    Returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from machinery.evaluation.judge import CRITERIA
+    fig, (grades, age) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=(3, 1), layout="constrained")
+    width = 0.8 / max(len(summary), 1)
+    for i, (name, s) in enumerate(summary.items()):
+        xs = np.arange(len(CRITERIA)) + (i - (len(summary) - 1) / 2) * width
+        label = f"{name} ({s['graded']} graded, {s['malformed']} malformed)"
+        bars = grades.bar(xs, [s[c].mean for c in CRITERIA], width, yerr=[s[c].ci95 for c in CRITERIA],
+                          capsize=3, label=label)
+        age.bar([i], [s["age"].mean], 0.8, yerr=[s["age"].ci95], capsize=3, color=bars.patches[0].get_facecolor())
+    grades.set_xticks(range(len(CRITERIA)), CRITERIA)
+    grades.set_ylim(0, 10)
+    grades.set_ylabel("mean grade (1-10), 95% CI")
+    grades.set_title("judge's grades of the story continuations")
+    age.set_xticks(range(len(summary)), list(summary), rotation=30, ha="right")
+    age.set_ylabel("guessed age of the writer (years)")
+    age.set_title("age group")
+    for ax in (grades, age):
+        ax.grid(alpha=0.3, axis="y")
+    if summary:
+        fig.legend(*grades.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(summary), 2),
+                   frameon=False)
+    return fig

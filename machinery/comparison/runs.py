@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import tools
 from config import ModelConfig, TrainConfig
+from machinery.run import runs as run_folders
 
 # fields that differ between any two runs without changing what they learn
 NOT_A_DIFFERENCE = ("model_name", "cache_dir")
@@ -44,17 +44,17 @@ class Run:
 
 
 def _known_runs() -> str:
-    return ", ".join(tools.list_runs()) or "(none yet: train one with python train.py)"
+    return ", ".join(run_folders.list_runs()) or "(none yet: train one with python train.py)"
 
 
 def load_run(name: str | Path) -> Run:
     try:
-        path = tools.resolve_run(name)
+        path = run_folders.resolve_run(name)
     except FileNotFoundError as e:
         msg = str(e)  # resolve_run lists trained/ for bare names; add the list for paths too
         raise FileNotFoundError(msg if "models there" in msg else f"{msg}; runs in trained/: {_known_runs()}") \
             from None
-    model_cfg, train_cfg = tools.load_configs(path)
+    model_cfg, train_cfg = run_folders.load_configs(path)
     log_path = path / "log_data.csv"
     if not log_path.is_file():
         raise ValueError(f"run {name} has no log_data.csv: it has not logged an evaluation yet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import tools
+from machinery import PROJECT_ROOT
 
 DEFAULT_VAL_DATA = "data/samples/tinystories/validation.jsonl"  # relative to the project folder
 
@@ -14,8 +14,8 @@ def resolve_val_data(source: str | Path | None) -> Path | str:
     up in the project folder (so the default works from anywhere). Hub names pass through."""
     source = DEFAULT_VAL_DATA if source is None else source
     path = Path(source).expanduser()
-    if not path.exists() and not path.is_absolute() and (tools.ROOT / path).exists():
-        return tools.ROOT / path
+    if not path.exists() and not path.is_absolute() and (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
     return path if path.exists() else str(source)
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-SAMPLING = ("random", "sequential")
+from config import SAMPLING
 
 
 class Batch(NamedTuple):

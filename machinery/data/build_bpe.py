@@ -233,7 +233,7 @@ def train(chunks: list[str], vocab_size: int, args) -> bytes:
 
 def check_models(out_dir: Path, sizes: list[int], sample: list[str]) -> dict[int, float]:
     """Load every model, check nesting and the exact round trip on `sample`; return tokens per byte."""
-    from machinery.data.tokenizer import SentencePieceTokenizer
+    from machinery.data.sentencepiece_tokenizer import SentencePieceTokenizer
 
     toks = [SentencePieceTokenizer(out_dir / f"tokenizer_{s}.model") for s in sizes]
     largest = toks[-1].sp

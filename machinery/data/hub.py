@@ -65,17 +65,24 @@ def _check_reachable(host: str, port: int, timeout: float = _HUB_CONNECT_TIMEOUT
         pool.shutdown(wait=False)  # a hung resolver thread must not hold us up
 
 
+def unreachable_reason() -> str | None:
+    """Why the hub's host cannot be resolved or connected to within 3 s, or None when it can."""
+    host, port = _hub_address()
+    try:
+        _check_reachable(host, port)
+    except OSError as e:  # socket.gaierror (no such host), ConnectionRefusedError, TimeoutError
+        return f"cannot connect to {host}:{port}: {e}"
+    return None
+
+
 def check_hub_reachable(dataset: str) -> None:
     """Fail at once, with what to do, when the hub's host cannot be resolved or connected to (without
     this, `datasets` retries for ~25 s). Offline mode (HF_HUB_OFFLINE=1) skips the check: the library
     then reads its cache."""
     if _hub_offline():
         return
-    host, port = _hub_address()
-    try:
-        _check_reachable(host, port)
-    except OSError as e:  # socket.gaierror (no such host), ConnectionRefusedError, TimeoutError
-        raise _hub_error(dataset, ConnectionError(f"cannot connect to {host}:{port}: {e}")) from None
+    if reason := unreachable_reason():
+        raise _hub_error(dataset, ConnectionError(reason))
 
 
 def hub_call(dataset: str, fn, *args, **kwargs):

@@ -34,6 +34,7 @@ from machinery.fileio import (
     file_checksum,
     remove_stale_temps,
     reported_writes,
+    usual_permissions,
     write_json,
 )
 
@@ -234,6 +235,7 @@ def _build(folder: Path, key: dict, manifest: Optional[dict], train_cfg, tokeniz
         fd, name = tempfile.mkstemp(dir=folder, prefix=".tokens.bin.", suffix=".tmp")
         os.close(fd)
         target = Path(name)
+        usual_permissions(target)  # not mkstemp's 0600: a cache others may share
     else:
         target = tokens
     bar = tqdm(total=max_tokens, initial=have_tokens, unit="tok", unit_scale=True, disable=not show_progress,

@@ -1,9 +1,11 @@
 """Raw documents from a Hugging Face hub dataset or a local file/folder, as an iterator of strings.
 
 `dataset` is either a hub name ('noanabeshima/TinyStoriesV2', 'HuggingFaceFW/fineweb-edu' with
-data_subset='sample-10BT') or a local path (relative to the current directory): a .txt, .jsonl, .json
-or .parquet file, or a folder of them whose file names give the split (train.*, validation.*, as the
-`datasets` library infers them). A path that exists locally wins over a hub name.
+data_subset='sample-10BT') or a local path: a .txt, .jsonl, .json or .parquet file, or a folder of them
+whose file names give the split (train.*, validation.*, as the `datasets` library infers them). A relative
+path is looked up in the current directory, then in the project's root (so the bundled samples,
+'data/samples/...', the default dataset among them, work from any directory). A path that exists locally
+wins over a hub name.
 
 Validation: the dataset's own validation split when it has one. Otherwise a fixed, seeded held-out
 part of 'train' that never overlaps the rest: the last val_fraction of the text for a single
@@ -18,9 +20,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from machinery import PROJECT_ROOT
 from machinery.data import plain_files
 from machinery.data.file_errors import first_broken_file
-from machinery.data.hub import LOCAL_HINT, HubUnreachableError, hub_call  # noqa: F401 (re-exported)
+from machinery.data.hub import LOCAL_HINT, hub_call
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -108,13 +111,23 @@ def _folder_splits(folder: Path) -> dict:
     return splits
 
 
-def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
-    """Decide whether `dataset` is local (relative to the CWD) or a hub name, and find local files."""
+def local_path(dataset: str) -> Path:
+    """`dataset` as a path: relative to the current directory, or else to the project's root when it exists
+    only there (the bundled samples from any directory). The path may not exist."""
     path = Path(dataset).expanduser()
+    if not path.exists() and not path.is_absolute() and (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    return path
+
+
+def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
+    """Decide whether `dataset` is local (relative to the CWD or the project root) or a hub name, and find
+    local files."""
+    path = local_path(dataset)
     if not path.exists():
         if _looks_like_path(dataset):
-            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {Path.cwd()}). "
-                                    f"Paths are relative to the directory you run from.")
+            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {Path.cwd()} and in "
+                                    f"{PROJECT_ROOT}). Paths are relative to the directory you run from.")
         return Source(name=dataset, data_subset=data_subset)
     path = path.resolve()
     if data_subset is not None:

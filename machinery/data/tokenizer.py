@@ -37,9 +37,6 @@ BUILD_RECIPES = {
     "bpe_fineweb": "--dataset=HuggingFaceFW/fineweb --data_subset=sample-10BT --streaming --name=bpe_fineweb",
 }
 
-__all__ = ["Tokenizer", "ByteTokenizer", "SentencePieceTokenizer", "BYTE_VOCAB_LEN", "TOKENIZERS_DIR",
-           "available_tokenizers", "build_command", "get_tokenizer"]
-
 
 def available_tokenizers() -> dict[str, list[int]]:
     """{name: sizes on disk}: 'byte' always, plus every folder in tokenizers/ with the vocab sizes of its

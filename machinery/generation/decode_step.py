@@ -1,9 +1,10 @@
 """A decode step with fixed shapes, so torch.compile compiles it once for a whole generation.
 
 The growing KV cache hands attention one more key every step, and finished rows are dropped: shapes change
-every step, which is right for eager PyTorch but makes a compiler recompile. Here every step writes its key
-and value at a slot given as a tensor (KVCache.start_static_writes) and attends over all the cache's slots
-with a mask hiding the unfilled ones. Nothing in the step depends on a Python number that changes, so one
+every step, which is right for eager PyTorch but makes a compiler recompile. Here every step runs the model's
+own forward (so an edit to Model.forward reaches generation too), with a cache that writes each key and value
+at a slot given as a tensor (KVCache.start_static_writes) and attends over all its slots with a mask hiding
+the unfilled ones. Nothing in the step depends on a Python number that changes, so one
 compiled graph serves every step: on CPU the small per-layer ops fuse into a few C++ kernels; on CUDA
 mode="reduce-overhead" is asked to replay the step as a CUDA graph (written to the PyTorch documentation,
 not run here: no GPU). Finished rows keep computing (their tokens are
@@ -22,31 +23,45 @@ from __future__ import annotations
 import torch
 
 from machinery.generation.sampling import SamplingConfig, sample
-from modules.attention import AttentionInputs
 
 COMPILE_MODES = ("auto", "on", "off")
 COMPILE_AFTER_STEPS = 20_000  # eager decode steps of one shape after which "auto" compiles (the break-even)
 SLOT_ROUNDING = 64  # fixed-slot caches round their slots up to this, so nearby prompt lengths share a compile
 EOS_CHECK_EVERY = 16  # steps between host checks for "every row has reached eos"
 
+# How generation treats every ModelConfig field (tests/test_every_option.py fails on a field missing here;
+# docs/structure.md says how to classify one). Decoding runs Model.forward, so most need nothing here.
+FORWARD = "forward"  # Model.forward applies it, in the prefill and in every decode step alike
+CACHE = "cache"  # shapes the KV cache (Model.new_cache) or the mask it builds for fixed-slot steps
+LIMIT = "limit"  # bounds what generation feeds the model: prompts, positions, the context
+OFF = "off"  # off while generating: generate_ids puts the model in eval mode
+FIELDS = {
+    "dim": FORWARD, "num_layers": CACHE, "num_q_heads": FORWARD, "num_kv_heads": CACHE, "head_dim": CACHE,
+    "max_seq_len": LIMIT,  # each row's budget; a full row keeps its last position (decode_step)
+    "tokenizer": LIMIT,  # text <-> ids: inference.py loads it by this name
+    "vocab_len": LIMIT,  # prompt ids are checked against it
+    "pos_enc_type": FORWARD, "theta": FORWARD,  # each row's own positions (left padding) go into the forward
+    "mlp_hidden_mult": FORWARD, "mlp_nonlinearity": FORWARD, "mlp_gated": FORWARD, "mlp_multiple_of": FORWARD,
+    "norm_type": FORWARD, "norm_affine": FORWARD, "norm_bias": FORWARD, "norm_eps": FORWARD,
+    "post_sublayer_norm": FORWARD, "scale_embeddings": FORWARD, "linear_bias": FORWARD, "tie_embeddings": FORWARD,
+    "logit_softcap": FORWARD, "qk_norm": FORWARD,
+    "sliding_window": CACHE,  # KVCache.static_attention_mask hides keys outside the window
+    "dropout_embed": OFF, "dropout_attn": OFF, "dropout_resid": OFF, "init_std": OFF,
+    "parametrization": FORWARD, "mup_base_dim": FORWARD, "mup_base_head_dim": FORWARD,
+}
+
 _eager_steps: dict[tuple, int] = {}  # (batch, slots) -> decode steps run eagerly under "auto" in this process
 _compiled_shapes: set[tuple] = set()  # (batch, slots) already compiled in this process
 
 
 def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache, greedy: bool) -> torch.Tensor:
-    """Model.forward for one new token per row, tokens and positions (B, 1), over a cache with fixed-slot
-    writes: the same layers and the same math, only the attention mask comes from the cache. Moves the
-    cache's slot and `positions` (in place, stopping at the last position of the context) on by one.
-    -> the greedy next tokens (B,) if greedy, else the logits (B, vocab)."""
-    x = model.embed(tokens, positions)
-    rope = model.rope(positions) if model.rope is not None else None
-    attn_inputs = AttentionInputs(positions[0], rope, cache=cache)  # fixed-slot writes: the cache's mask
-    for layer in model.layers:
-        x = layer(x, attn_inputs)
-    attn_inputs.advance_cache()
+    """One new token per row through the model's own forward: tokens and positions (B, 1), over a cache with
+    fixed-slot writes. Moves the cache's slot and `positions` (in place, stopping at the last position of the
+    context) on by one. -> the greedy next tokens (B,) if greedy, else the logits (B, vocab)."""
+    logits, _ = model(tokens, positions=positions, cache=cache, last_only=True)
     # a row past its own budget (its context is full) keeps computing at its last position; it is cut later
     positions.add_(1).clamp_(max=model.cfg.max_seq_len - 1)
-    logits = model.output_logits(x[:, -1])
+    logits = logits[:, -1]
     return logits.argmax(dim=-1) if greedy else logits
 
 

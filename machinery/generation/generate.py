@@ -15,10 +15,11 @@ import torch
 
 from machinery.generation.decode_step import COMPILE_MODES, decode_fixed_slots, fixed_slots, should_compile
 from machinery.generation.sampling import SamplingConfig, sample
+from machinery.validation import Validated
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(Validated):
     """How much to generate, and how."""
     # --- generation ---
     max_new_tokens: int = 100  # new tokens per prompt; fewer where a row reaches eos or the model's context
@@ -27,14 +28,10 @@ class GenerationConfig:
     compile: str = "auto"  # torch.compile the decode step: on | off | auto (once a shape has decoded ~a compile's time)
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "num_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if not isinstance(self.use_cache, bool):
-            raise ValueError(f"use_cache={self.use_cache!r} must be True or False")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile={self.compile!r} is not one of {', '.join(COMPILE_MODES)}")
+        self._int("max_new_tokens")
+        self._int("num_samples")
+        self._bool("use_cache")
+        self._choice("compile", COMPILE_MODES)
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

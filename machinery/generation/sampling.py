@@ -15,13 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
+from machinery.validation import Validated
+
 # Below this, sampling is greedy in all but name, and logits / temperature can overflow float32 (inf - inf =
 # NaN probabilities). 0 asks for greedy decoding explicitly.
 MIN_TEMPERATURE = 1e-4
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(Validated):
     """How each next token is chosen from the model's logits (see the order above)."""
     # --- sampling ---
     temperature: float = 0.7  # divides the logits: < 1 sharper, > 1 flatter; 0 = greedy (argmax, no filters)
@@ -31,25 +34,14 @@ class SamplingConfig:
     seed: int | None = None  # seed of the sampler, for reproducible draws (None = fresh randomness)
 
     def __post_init__(self):
-        def is_number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        t = self.temperature
-        if not is_number(t) or t < 0:
-            raise ValueError(f"temperature={t!r} must be a number >= 0 (0 = greedy)")
-        if 0 < t < MIN_TEMPERATURE:
-            raise ValueError(f"temperature={t!r} is too small: it makes NaN probabilities; use 0 for greedy "
-                             f"decoding or a value >= {MIN_TEMPERATURE:g}")
-        k = self.top_k
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"top_k={k!r} must be an integer >= 1, or None (off)")
-        if self.top_p is not None and (not is_number(self.top_p) or not 0 < self.top_p <= 1):
-            raise ValueError(f"top_p={self.top_p!r} must be a number in (0, 1], or None (off)")
-        if self.min_p is not None and (not is_number(self.min_p) or not 0 <= self.min_p <= 1):
-            raise ValueError(f"min_p={self.min_p!r} must be a number in [0, 1], or None (off)")
-        s = self.seed
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2 ** 63):
-            raise ValueError(f"seed={s!r} must be an integer in 0..2**63-1, or None")
+        self._float("temperature")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            self._fail("temperature", f"too small, it makes NaN probabilities: use 0 for greedy decoding or a "
+                                      f"value >= {MIN_TEMPERATURE:g}")
+        self._int("top_k", optional=True)
+        self._float("top_p", lo=0, hi=1, lo_open=True, optional=True)
+        self._float("min_p", hi=1, optional=True)
+        self._int("seed", minimum=0, maximum=MAX_SEED, optional=True)
 
     @property
     def greedy(self) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from config import ModelConfig
 from machinery.data.tokenizer import get_tokenizer
+from machinery.fileio import usual_permissions
 from machinery.interop import tokenizer as hf_tokenizer
 from machinery.interop.architectures import for_export
 from machinery.run import runs
@@ -23,13 +24,47 @@ from machinery.run.weights import load_weights
 CONFIG_KEY = "templategpt"  # config.json key holding our ModelConfig, so an import gives it back unchanged
 
 
+class ReadTracker(dict):
+    """A state dict that remembers which weights were read."""
+
+    def __init__(self, state: dict):
+        super().__init__(state)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+
+def hf_weights(model_cfg: ModelConfig, state: dict, what: str = "this model") -> dict:
+    """Our state dict in transformers' names and layout. Every weight must be taken by the mapping: one it does
+    not read (say, of an option added to the model but not to llama.py / gpt2.py) is a ValueError naming it,
+    never a weight dropped without a word."""
+    arch = for_export(model_cfg, what)
+    tracked = ReadTracker(state)
+    out = arch.to_hf(model_cfg, tracked)
+    if model_cfg.tie_embeddings:  # the output head is the embedding matrix, saved once by transformers
+        tracked.read.add("lm_head.weight")
+    unread = [name for name in state if name not in tracked.read]
+    if unread:
+        raise ValueError(f"{what} cannot be exported: machinery/interop/{arch.__name__.rsplit('.', 1)[-1]}.py maps "
+                         f"no {arch.ARCHITECTURE} weight from {', '.join(unread[:5])}"
+                         f"{f' (and {len(unread) - 5} more)' if len(unread) > 5 else ''}: map it there, or refuse "
+                         f"the option that adds it (docs/structure.md)")
+    return out
+
+
 def hf_files(model_cfg: ModelConfig, state: dict, tokenizer, what: str = "this model") -> tuple[dict, dict, dict]:
     """(config.json, generation_config.json, HF state dict) for a model of ours."""
     arch = for_export(model_cfg, what)
     ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
     config = {**arch.hf_config(model_cfg), **ids, CONFIG_KEY: model_cfg.to_dict()}
     generation = dict(ids)
-    return config, generation, arch.to_hf(model_cfg, state)
+    return config, generation, hf_weights(model_cfg, state, what)
 
 
 def export_run(run: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -57,6 +92,8 @@ def export_run(run: str | Path, out_dir: str | Path, overwrite: bool = False) ->
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         hf_tokenizer.write(tokenizer, tmp, model_cfg.max_seq_len)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp's folder and safetensors' file are owner-only (0700, 0600)
+            usual_permissions(path)
         if out_dir.exists():
             shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
         tmp.rename(out_dir)

@@ -38,7 +38,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, "dtype": "float32",
         "vocab_size": cfg.vocab_len, "n_embd": cfg.dim, "n_layer": cfg.num_layers, "n_head": cfg.num_q_heads,
         "n_positions": cfg.max_seq_len, "n_inner": cfg.mlp_hidden_dim,
-        "activation_function": ACTIVATIONS[cfg.mlp_nonlinearity], "layer_norm_epsilon": cfg.eps,
+        "activation_function": ACTIVATIONS[cfg.mlp_nonlinearity], "layer_norm_epsilon": cfg.norm_eps,
         "embd_pdrop": cfg.dropout_embed, "attn_pdrop": cfg.dropout_attn, "resid_pdrop": cfg.dropout_resid,
         "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
@@ -61,7 +61,7 @@ def model_fields(hf: dict) -> dict:
         max_seq_len=hf.get("n_positions", 1024), vocab_len=hf["vocab_size"], pos_enc_type="learnable",
         mlp_hidden_mult=(hf.get("n_inner") or 4 * dim) / dim, mlp_nonlinearity=IMPORT_ACTIVATIONS[act],
         mlp_gated=False, mlp_multiple_of=1, norm_type="LayerNorm", norm_affine=True, norm_bias=True,
-        eps=hf.get("layer_norm_epsilon", 1e-5), linear_bias=True,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5), linear_bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True), dropout_embed=hf.get("embd_pdrop", 0.1),
         dropout_attn=hf.get("attn_pdrop", 0.1), dropout_resid=hf.get("resid_pdrop", 0.1),
         init_std=hf.get("initializer_range", 0.02))

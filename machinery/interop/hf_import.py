@@ -12,11 +12,13 @@ import torch
 
 from config import ModelConfig
 from machinery.interop.architectures import for_import
-from machinery.interop.export import CONFIG_KEY
+from machinery.interop.export import CONFIG_KEY, ReadTracker
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 # weights a model of ours may lack and the export then writes as ones / zeros: such a model imports with them
 _WEIGHT_FLAGS = ("norm_affine", "norm_bias", "linear_bias")
+# buffers some checkpoints hold that are no weights: GPT-2's causal mask, Llama's RoPE frequencies
+_NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 def read_config(folder: Path) -> tuple[ModelConfig, dict]:
@@ -66,10 +68,17 @@ def read_folder(folder: str | Path) -> tuple[ModelConfig, dict, bool]:
     tensors = _read_safetensors(folder)
     if arch.MODEL_TYPE == "gpt2" and not any(k.startswith("transformer.") for k in tensors):
         tensors = {f"transformer.{k}": v for k, v in tensors.items()}  # the original GPT-2 files have no prefix
+    tracked = ReadTracker(tensors)
     try:
-        state = arch.from_hf(cfg, tensors)
+        state = arch.from_hf(cfg, tracked)
     except KeyError as e:
         raise ValueError(f"{folder}: the weights lack {e.args[0]}, which config.json implies") from None
+    unread = [name for name in tensors if name not in tracked.read and not name.endswith(_NOT_WEIGHTS)
+              and not (name == "lm_head.weight" and cfg.tie_embeddings)]  # tied: the embedding, saved twice
+    if unread:
+        raise ValueError(f"{folder}: weights {', '.join(unread[:5])} have no place in our {arch.ARCHITECTURE} "
+                         f"mapping (machinery/interop/{arch.__name__.rsplit('.', 1)[-1]}.py): the model holds "
+                         f"something config.json does not say")
     with torch.device("meta"):
         expected = {k: v.shape for k, v in Model(cfg).state_dict().items()}
     for name, tensor in state.items():

@@ -1,5 +1,6 @@
-"""`train.py --init_from=SOURCE`: a new run that starts from the weights of a run in trained/ or of a Hugging Face
-model folder (Llama or GPT-2). The architecture is the source's; the run brings its own data and training settings.
+"""`train.py --init_from=SOURCE`: a new run that starts from the weights of a run in trained/, of a Hugging Face
+model folder (Llama or GPT-2), or of such a model on the hub by name (owner/name: machinery/interop/hub_models.py).
+The architecture is the source's; the run brings its own data and training settings.
 
     cfg = init_from.model_config(source, given)   # the source's architecture, checked against what the run asks for
     init_from.load_weights(model, source)         # into Model(cfg)
@@ -10,19 +11,22 @@ from pathlib import Path
 
 from config import ModelConfig
 from machinery.data.tokenizer import available_tokenizers
-from machinery.interop import hf_import
+from machinery.interop import hf_import, hub_models
 from machinery.run import runs, weights
 
 # fields no weight depends on: a new run may set them freely
 FREE_FIELDS = {"dropout_embed", "dropout_attn", "dropout_resid", "init_std"}
 
 
-def _kind(source: str) -> tuple[str, Path]:
-    """('run', run folder) or ('hf', transformers folder)."""
+def _kind(source: str, weights: bool = True) -> tuple[str, Path]:
+    """('run', run folder), ('hf', transformers folder) or ('hub', a hub model's folder in the Hugging Face cache,
+    fetched with its weights only when `weights`)."""
     text = str(source)
-    if "/" not in text and "\\" not in text and not text.startswith((".", "~")):
+    if not runs.is_path(text):
         return "run", runs.resolve_run(text)  # a bare name: trained/<name>
     path = Path(text).expanduser()
+    if not path.exists() and hub_models.is_repo_id(text):
+        return "hub", hub_models.snapshot(text, weights)
     if not path.is_dir():
         raise FileNotFoundError(f"--init_from={text}: no such folder")
     if (path / runs.MODEL_CONFIG).is_file():
@@ -35,13 +39,14 @@ def _kind(source: str) -> tuple[str, Path]:
 
 def source_config(source: str) -> tuple[ModelConfig, bool]:
     """(the source's architecture, whether it names its tokenizer)."""
-    kind, path = _kind(source)
+    kind, path = _kind(source, weights=False)  # a hub model's weights come once its config passed every check
     if kind == "run":
         if not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"--init_from={source}: the run has no model.safetensors yet")
         return runs.load_configs(path)[0], True
     cfg, hf = hf_import.read_config(path)
-    hf_import.weight_files(path)  # fail now, before any data is read
+    if kind == "hf":
+        hf_import.weight_files(path)  # fail now, before any data is read
     return cfg, isinstance(hf.get(hf_import.CONFIG_KEY), dict)
 
 
@@ -63,6 +68,7 @@ def model_config(source: str, given: dict) -> ModelConfig:
     if cfg.vocab_len not in sizes:
         raise ValueError(f"--init_from={source} has a vocabulary of {cfg.vocab_len} tokens but tokenizer "
                          f"{cfg.tokenizer!r} has sizes {sizes or 'none on disk'}: give a --tokenizer of that size")
+    _kind(source, weights=True)  # a hub model's weights: downloaded now, before any data is read
     return cfg
 
 

@@ -45,7 +45,7 @@ def hf_config(cfg: ModelConfig) -> dict:
         "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_q_heads,
         "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.max_seq_len, "hidden_act": ACTIVATIONS[cfg.mlp_nonlinearity],
-        "rms_norm_eps": cfg.eps, "attention_bias": cfg.linear_bias, "mlp_bias": cfg.linear_bias,
+        "rms_norm_eps": cfg.norm_eps, "attention_bias": cfg.linear_bias, "mlp_bias": cfg.linear_bias,
         "attention_dropout": cfg.dropout_attn, "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
         # transformers 5 reads rope_parameters, 4.x rope_theta
@@ -74,7 +74,7 @@ def model_fields(hf: dict) -> dict:
         max_seq_len=hf.get("max_position_embeddings", 2048), vocab_len=hf["vocab_size"], pos_enc_type="RoPE",
         theta=float(theta), mlp_hidden_mult=hidden * 3 / (2 * dim), mlp_nonlinearity=IMPORT_ACTIVATIONS[act],
         mlp_gated=True, mlp_multiple_of=1, norm_type="RMSNorm", norm_affine=True, norm_bias=False,
-        eps=hf.get("rms_norm_eps", 1e-6), linear_bias=attention_bias,
+        norm_eps=hf.get("rms_norm_eps", 1e-6), linear_bias=attention_bias,
         tie_embeddings=hf.get("tie_word_embeddings", False),
         dropout_attn=hf.get("attention_dropout", 0.0), init_std=hf.get("initializer_range", 0.02))
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from machinery.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
+from machinery.data.byte_tokenizer import ByteTokenizer
+from machinery.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from machinery.data.tokenizer_base import Tokenizer
 
 SPACE = "\u2581"  # sentencepiece's space
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from config import DTYPES
+
 # Dense bf16 tensor-core peaks (FLOP/s) for MFU on known GPUs; anything else is measured.
 GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "4090": 165e12}
 
@@ -44,10 +46,6 @@ def cpu_flags() -> set[str]:
         return set()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
-
-
-def cpu_has_amx() -> bool:
-    return "amx_bf16" in cpu_flags()
 
 
 def measure_bf16_speedup(size: int = 384, repeats: int = 5) -> float:
@@ -155,7 +153,7 @@ def dtype_choice(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     if name == "bfloat16":
         return torch.bfloat16, "bfloat16 autocast (as asked)"
     if name != "auto":
-        raise ValueError(f"dtype={name!r} is unknown: allowed values are 'auto', 'float32', 'bfloat16'")
+        raise ValueError(f"dtype={name!r} is unknown: allowed values are {', '.join(map(repr, DTYPES))}")
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "bfloat16 autocast: this GPU supports it"

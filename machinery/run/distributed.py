@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 from torch import nn
 
 
@@ -34,39 +34,48 @@ def init_distributed(device_type: str) -> Dist:
     """Join the process group torchrun set up (nccl on CUDA, gloo on CPU); single process otherwise."""
     if "RANK" not in os.environ:
         return Dist()
-    info = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    dist = Dist(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
     if device_type == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return info
+        torch.cuda.set_device(dist.local_rank)
+    torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return dist
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
-def barrier(info: Dist) -> None:
-    if info.enabled:
-        dist.barrier()
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch_dist.barrier()
 
 
-def mean_across_ranks(value: torch.Tensor, info: Dist) -> torch.Tensor:
-    if info.enabled:
+def mean_across_ranks(value: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.enabled:
         value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= info.world_size
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM)
+        value /= dist.world_size
     return value
 
 
-def wrap_model(model: nn.Module, info: Dist, parallel: str, device: torch.device) -> nn.Module:
+def max_across_ranks(value: float, dist: Dist, device: torch.device) -> float:
+    """The largest of every process's value (e.g. peak memory: the rank that needs the most sets the cost)."""
+    if dist.enabled:
+        value = torch.tensor(float(value), device=device)
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return value.item()
+    return value
+
+
+def wrap_model(model: nn.Module, dist: Dist, parallel: str, device: torch.device) -> nn.Module:
     """DDP replicates the model and averages gradients; FSDP2 shards each block's parameters."""
-    if not info.enabled:
+    if not dist.enabled:
         return model
     if parallel == "fsdp":
         return shard_model(model)
     from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None)
+    return DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
 
 def shard_model(model: nn.Module) -> nn.Module:
@@ -79,12 +88,12 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def gather(obj, info: Dist) -> list:
+def gather(obj, dist: Dist) -> list:
     """Every rank's `obj` (small, picklable: e.g. a data-loader position), in rank order, on every rank."""
-    if not info.enabled:
+    if not dist.enabled:
         return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
+    out = [None] * dist.world_size
+    torch_dist.all_gather_object(out, obj)
     return out
 
 
@@ -92,10 +101,10 @@ def gather(obj, info: Dist) -> list:
 # The one place that knows FSDP shards parameters: get_model_state_dict gathers the shards into whole
 # tensors (on CPU when several processes share a GPU node's memory); for one process or DDP it returns the
 # model's own tensors. `model` is the plain Model (FSDP2 shards it in place; DDP and torch.compile wrap it).
-def full_state_dicts(model: nn.Module, optimizers: list, info: Dist) -> tuple[dict, list[dict]]:
+def full_state_dicts(model: nn.Module, optimizers: list, dist: Dist) -> tuple[dict, list[dict]]:
     """(weights, [optimizer states]) as whole tensors with parameter names as keys."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-    options = StateDictOptions(full_state_dict=True, cpu_offload=info.enabled)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=dist.enabled)
     return (get_model_state_dict(model, options=options),
             [get_optimizer_state_dict(model, opt, options=options) for opt in optimizers])
 

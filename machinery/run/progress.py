@@ -1,7 +1,8 @@
 """What a run prints while it trains: every log_interval steps a line with the training loss, the lr and
 tokens/s (nanoGPT's log_interval), a line when it evaluates, and a line per evaluation. On a terminal a
 progress bar runs below the lines; when the output goes to a file, a CI log or a job scheduler there is no
-bar (its carriage returns would make one endless line), only the plain lines."""
+bar (its carriage returns would make one endless line), only the plain lines. Each loss line is also a row of
+train_loss.csv (the training curve), when given one."""
 from __future__ import annotations
 
 import sys
@@ -9,11 +10,14 @@ import time
 
 from tqdm import tqdm
 
+from machinery.run.run_log import TrainLossLog
+
 
 class Progress:
     def __init__(self, name: str, start_step: int, start_tokens: int, max_iters: int, log_interval: int,
-                 enabled: bool = True):
+                 enabled: bool = True, curve: TrainLossLog | None = None):
         self.name, self.max_iters, self.log_interval, self.enabled = name, max_iters, log_interval, enabled
+        self.curve = curve
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=max_iters, initial=start_step, desc=name, dynamic_ncols=True)
@@ -36,7 +40,10 @@ class Progress:
         now = time.perf_counter()
         tokens_per_sec = (tokens_seen - self._mark_tokens) / max(now - self._mark_time, 1e-9)
         self._mark_time, self._mark_tokens = now, tokens_seen
-        self.write(f"step {step}/{self.max_iters}: loss {float(loss):.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
+        loss = float(loss)
+        self.write(f"step {step}/{self.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
+        if self.curve is not None:  # written before any checkpoint of this step: a resume keeps the curve whole
+            self.curve.append(dict(step=step, tokens=tokens_seen, train_loss=loss, lr=lr))
 
     def evaluating(self, step: int, batches: int) -> None:
         if self.bar is not None:

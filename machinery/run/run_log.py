@@ -1,4 +1,6 @@
-"""log_data.csv: one row per evaluation, rewritten atomically so a crash never leaves half a row."""
+"""The run's CSV logs, rewritten atomically so a crash never leaves half a row:
+log_data.csv, one row per evaluation (RunLog), and train_loss.csv, one row per log_interval line (TrainLossLog),
+the points of the training-loss curve."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +10,15 @@ from pathlib import Path
 from machinery.fileio import write_text
 
 COLUMNS = ["step", "tokens", "elapsed_s", "tokens_per_sec", "train_loss", "val_loss", "perplexity", "lr",
-           "grad_norm", "mfu"]
-TIMING_COLUMNS = {"elapsed_s", "tokens_per_sec", "mfu"}  # wall-clock: differ between identical runs
+           "grad_norm", "mfu", "wall_s", "peak_memory_mb"]  # new columns go last: older logs are a prefix
+FIRST_COLUMNS = COLUMNS[:10]  # the oldest logs' header
+TIMING_COLUMNS = {"elapsed_s", "tokens_per_sec", "mfu", "wall_s", "peak_memory_mb"}  # differ between identical runs
 
 
 class RunLog:
+    COLUMNS = COLUMNS
+    FIRST_COLUMNS = FIRST_COLUMNS
+
     def __init__(self, path: Path, rows: list[dict] | None = None):
         self.path = Path(path)
         self.rows = rows or []
@@ -24,19 +30,26 @@ class RunLog:
         if Path(path).is_file():
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames != COLUMNS:
+                header = reader.fieldnames or []
+                if len(header) < len(cls.FIRST_COLUMNS) or header != cls.COLUMNS[:len(header)]:
                     raise ValueError(f"{path} is not this run's log: its header is {reader.fieldnames}, "
-                                     f"expected {','.join(COLUMNS)}; restore it or move it away to resume")
-                rows = [r for r in reader if int(r["step"]) <= up_to_step]
+                                     f"expected {','.join(cls.COLUMNS)}; restore it or move it away to resume")
+                rows = [r for r in reader if int(r["step"]) <= up_to_step]  # older rows: the new columns blank
         return cls(path, rows)
 
     def append(self, row: dict) -> None:
-        self.rows.append({k: _fmt(row[k]) for k in COLUMNS})
+        self.rows.append({k: _fmt(row[k]) for k in self.COLUMNS})
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=self.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         write_text(self.path, buf.getvalue())
+
+
+class TrainLossLog(RunLog):
+    """train_loss.csv: the loss, lr and tokens of the step at each log_interval line (process 0's loss; not
+    averaged, unlike log_data.csv's train_loss, which is the mean since the previous evaluation)."""
+    COLUMNS = FIRST_COLUMNS = ["step", "tokens", "train_loss", "lr"]
 
 
 def _fmt(value) -> str:

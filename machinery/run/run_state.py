@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ class RunState:
     step: int = 0              # optimizer steps done
     tokens: int = 0            # training tokens seen, all processes together
     elapsed_s: float = 0.0     # training time up to the last evaluation (evaluations excluded)
+    wall_s: float = 0.0        # wall-clock time of the earlier sessions (a saved state: up to the save; see wall_time)
     best_val: float = math.inf  # best validation loss so far: model.safetensors holds those weights
     # since the last evaluation (a checkpoint may fall between two evaluations)
     interval_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sum of step losses
@@ -22,6 +24,13 @@ class RunState:
     interval_s: float = 0.0
     data: list = field(default_factory=list)  # each process's position in its training batches
     rng: dict = field(default_factory=dict)   # torch's random state (dropout), captured at the checkpoint
+
+    def __post_init__(self):
+        self._session_start = time.perf_counter()  # this session's clock: a restored state starts it anew
+
+    def wall_time(self) -> float:
+        """Wall-clock seconds of the run so far: the earlier sessions' and this one's, evaluations included."""
+        return self.wall_s + time.perf_counter() - self._session_start
 
     def add_step(self, loss: torch.Tensor, tokens: int, seconds: float) -> None:
         if self.interval_loss.device != loss.device:
@@ -57,6 +66,7 @@ class RunState:
         """Tensors, numbers, lists and dicts only: it loads back with torch.load(weights_only=True)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["interval_loss"] = self.interval_loss.detach().cpu()
+        out["wall_s"] = self.wall_time()  # a resume continues the clock from the save
         return out
 
     @classmethod

@@ -65,11 +65,16 @@ def _real_folder_or_absent(path: Path) -> Path:
     return path
 
 
+def is_path(text: str) -> bool:
+    """Whether a run is given as a path (a '/' or '\\', or a leading '.' or '~') rather than a name in trained/."""
+    return "/" in text or "\\" in text or text.startswith((".", "~"))
+
+
 def resolve_run(name_or_path: str | Path) -> Path:
     """The folder of an existing run. A bare name means trained/<name>; anything with a '/' (or '\\', or
     starting with '.' or '~') is a path. A name never reaches outside trained/."""
     text = str(name_or_path)
-    if "/" in text or "\\" in text or text.startswith((".", "~")):
+    if is_path(text):
         path = Path(text).expanduser().absolute()
         if path.parent.resolve() == trained_dir().resolve():  # trained/x spelled as a path: no links
             path = _real_folder_or_absent(path)

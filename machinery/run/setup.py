@@ -46,16 +46,16 @@ def set_up(train_cfg: TrainConfig) -> Machine:
     anneal_shape(train_cfg.anneal_type)
     device = pick_device(train_cfg.device)
     use_deterministic_kernels(train_cfg.deterministic)  # before the first GPU kernel: cuBLAS reads it at start
-    info = distributed.init_distributed(device.type)
+    dist = distributed.init_distributed(device.type)
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+        device = torch.device("cuda", dist.local_rank)
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
     dtype, why = dtype_choice(train_cfg.dtype, device)
     if train_cfg.deterministic:
         why += "; deterministic kernels"
-    return Machine(device, dtype, info, why)
+    return Machine(device, dtype, dist, why)
 
 
 def choose_cpu_threads(machine: Machine) -> None:
@@ -82,26 +82,26 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, 
     from machinery.data.pretokenize import load_tokens
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    info, T = machine.dist, model_cfg.max_seq_len
-    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * info.world_size
+    dist, T = machine.dist, model_cfg.max_seq_len
+    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * dist.world_size
     # streaming: tokenize only what this run will read (a longer run later extends the cache)
     streaming = train_cfg.streaming
     steps = train_cfg.max_iters if max_steps is None else max_steps
     train_needed = (steps + 1) * tokens_per_step + T + 1 if streaming else None
-    val_needed = train_cfg.eval_batches * train_cfg.micro_batch_size * info.world_size * T + 1 if streaming else None
+    val_needed = train_cfg.eval_batches * train_cfg.micro_batch_size * dist.world_size * T + 1 if streaming else None
     for turn in ("main", "others"):
-        if info.is_main == (turn == "main"):
-            show = show_progress and info.is_main
+        if dist.is_main == (turn == "main"):
+            show = show_progress and dist.is_main
             train_tokens = load_tokens(train_cfg, tokenizer, "train", max_tokens=train_needed, show_progress=show)
             val_tokens = load_tokens(train_cfg, tokenizer, "validation", max_tokens=val_needed, show_progress=show)
-        distributed.barrier(info)
+        distributed.barrier(dist)
     for split, tokens in (("training", train_tokens), ("validation", val_tokens)):
         if len(tokens) < T + 1:
             raise TrainingError(f"the {split} split of {train_cfg.dataset} has {len(tokens)} tokens, fewer than one "
                                 f"window (max_seq_len + 1 = {T + 1}): use more data, a larger --val_fraction, "
                                 f"or a smaller --max_seq_len")
     batches = TokenBatches(train_tokens, train_cfg.micro_batch_size, T, seed=train_cfg.seed,
-                           sampling=train_cfg.sampling, rank=info.rank, world_size=info.world_size,
+                           sampling=train_cfg.sampling, rank=dist.rank, world_size=dist.world_size,
                            device=machine.device, doc_masking=train_cfg.doc_masking, bos_id=tokenizer.bos_id)
     return Data(train_tokens, val_tokens, batches)
 

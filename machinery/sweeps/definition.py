@@ -1,17 +1,19 @@
-"""A sweep's definition: what every run shares (--preset and the fixed --key=value settings), the variants
-and the seeds. It is kept in sweeps/<name>/sweep.json, so a re-run can tell whether it is the same sweep.
+"""A sweep's definition: what every run shares (--preset and the fixed --key=value settings), the variants,
+the seeds, and the code its runs were made from. It is kept in sweeps/<name>/sweep.json, so a re-run can tell
+whether it is the same sweep, and a re-run command may leave out what it does not change (from_command).
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConfig
 from machinery import PROJECT_ROOT as ROOT
 from machinery.cli import build_configs, parse_value
+from machinery.run.provenance import describe_changes
 from machinery.sweeps.grid import NAME_RE, Variant, check_field, expand
 
 
@@ -30,6 +32,28 @@ def _typed(key: str, value):
     if not isinstance(value, str):
         return value
     return parse_value(ModelConfig if key in MODEL_FIELDS else TrainConfig, key, value)
+
+
+@lru_cache(maxsize=1)
+def _config_defaults() -> dict:
+    return {**ModelConfig().to_dict(), **TrainConfig().to_dict()}
+
+
+SWEPT = "(swept)"
+
+
+def _effective(key: str, sweep: "Sweep") -> tuple[object, str]:
+    """(value, how it is shown) of a shared setting in a sweep: given, swept, from its preset, or the default."""
+    given = {_canonical(k): v for k, v in sweep.fixed.items()}
+    if key in given:
+        return _typed(key, given[key]), str(given[key])
+    if key in sweep.swept_fields():
+        return SWEPT, SWEPT
+    preset = {_canonical(k): v for k, v in PRESETS.get(sweep.preset, {}).items()} if sweep.preset else {}
+    if key in preset:
+        return preset[key], f"{preset[key]} (preset {sweep.preset})"
+    default = _config_defaults().get(key)
+    return default, f"{default} (default)"
 
 
 @dataclass
@@ -51,6 +75,7 @@ class Sweep:
     grids: list                    # [(field, [value, ...]), ...]
     named: list                    # [(variant name, {field: value}), ...] from --variant
     seeds: list
+    code: dict | None = field(default=None, compare=False)  # the code recorded when the sweep first ran
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not NAME_RE.match(self.name) or "__" in self.name:
@@ -104,28 +129,58 @@ class Sweep:
     def shared_settings(self) -> dict:
         return {"preset": self.preset, **self.fixed}
 
+    def swept_fields(self) -> set[str]:
+        return {_canonical(k) for k, _ in self.grids} | {_canonical(k) for _, s in self.named for k in s}
+
     def differences(self, recorded: "Sweep") -> list[str]:
-        """Shared settings that differ from a recorded definition, as 'key: old -> new'."""
-        mine, theirs = self.shared_settings(), recorded.shared_settings()
-        out = []
-        for key in sorted(set(mine) | set(theirs), key=str):
-            a, b = theirs.get(key), mine.get(key)
-            same = a == b or (a is not None and b is not None and key != "preset" and _typed(key, a) == _typed(key, b))
-            if not same:
-                out.append(f"{key}: {a if a is not None else '(not set)'} -> {b if b is not None else '(not set)'}")
+        """The shared settings whose value differs from a recorded definition, as 'key: old -> new'. Fields are
+        matched under their current names; a setting given on one side only is compared with what the other
+        side gets (its preset's value or the config default), so only real differences are listed."""
+        out = [] if self.preset == recorded.preset else \
+            [f"preset: {recorded.preset or '(none)'} -> {self.preset or '(none)'}"]
+        keys = {_canonical(k) for k in [*self.fixed, *recorded.fixed]}
+        for key in sorted(keys):
+            (old, old_text), (new, new_text) = _effective(key, recorded), _effective(key, self)
+            if old != new:
+                out.append(f"{key}: {old_text} -> {new_text}")
         return out
+
+    def code_changes(self, current: dict) -> list[str]:
+        """Source files whose SHA-256 differs between the sweep's recorded code and `current` (a fingerprint)."""
+        if not self.code:
+            return []
+        return describe_changes(self.code.get("files", {}), current.get("files", {}))
+
+    @classmethod
+    def from_command(cls, name: str, preset: str | None, fixed: dict, grids: list, named: list, seeds: list,
+                     seeds_given: bool, inherit: bool = True) -> "Sweep":
+        """The sweep a command asks for. When the sweep is recorded (and inherit), what the command leaves out
+        is the recorded one's (with --overwrite too: to drop a setting, give its default or use a new name): the preset, each shared setting neither given again nor now swept, the variants
+        when no --grid/--variant is given, the seeds when no --seeds; and the recorded code. So
+        `python sweep.py --name=X --seeds=5` adds seeds and `--name=X --max_iters=600` changes one setting."""
+        if not inherit or not (sweeps_dir() / name / "sweep.json").is_file():
+            return cls(name, preset, fixed, grids, named, seeds)
+        recorded = cls.load(name)
+        if not (grids or named):
+            grids, named = recorded.grids, recorded.named
+        swept = {_canonical(k) for k, _ in grids} | {_canonical(k) for _, s in named for k in s}
+        given = {_canonical(k) for k in fixed}
+        kept = {k: v for k, v in recorded.fixed.items() if _canonical(k) not in given | swept}
+        return cls(name, recorded.preset if preset is None else preset, {**kept, **fixed}, grids, named,
+                   seeds if seeds_given else recorded.seeds, code=recorded.code)
 
     def to_json(self) -> dict:
         return {"name": self.name, "preset": self.preset, "fixed": self.fixed,
                 "grids": [[k, v] for k, v in self.grids], "variants": [[n, s] for n, s in self.named],
                 "seeds": self.seeds, "baseline": self.baseline.name,
-                "runs": {p.name: {"variant": p.variant.name, "seed": p.seed} for p in self.runs}}
+                "runs": {p.name: {"variant": p.variant.name, "seed": p.seed} for p in self.runs},
+                "code": self.code}
 
     @classmethod
     def from_json(cls, data: dict) -> "Sweep":
         return cls(data["name"], data.get("preset"), dict(data.get("fixed", {})),
                    [(k, list(v)) for k, v in data.get("grids", [])],
-                   [(n, dict(s)) for n, s in data.get("variants", [])], list(data["seeds"]))
+                   [(n, dict(s)) for n, s in data.get("variants", [])], list(data["seeds"]), data.get("code"))
 
     @classmethod
     def load(cls, name: str) -> "Sweep":

@@ -1,5 +1,6 @@
-"""The sweep report's PNGs: validation loss vs step per variant (mean over seeds, band = min..max), and a
-final metric per variant (mean ± std over seeds, each seed a dot)."""
+"""The sweep report's PNGs: validation loss vs step per variant (mean over seeds, band = min..max), a final
+metric per variant (mean ± std over seeds, each seed a dot, hollow when still improving), and what each run's
+result cost (best loss against wall time, FLOPs and peak memory, coloured by variant)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,12 +45,24 @@ def plot_final_metric(sweep, runs: pd.DataFrame, metric: str, path: Path) -> Non
         values = runs.loc[runs["variant"] == name, metric]
         std = values.std() if len(values) > 1 else 0.0  # pandas' std is the sample (n - 1) one
         ax.errorbar([i], [values.mean()], yerr=[std], fmt="o", capsize=6, markersize=8, color="C0")
-        ax.scatter([i + 0.12] * len(values), values, s=14, color="C1", zorder=3)
+        improving = runs.loc[runs["variant"] == name, "still_improving"].astype(bool)
+        ax.scatter([i + 0.12] * len(values), values, s=18, edgecolors="C1", zorder=3,
+                   facecolors=["none" if still else "C1" for still in improving])
     crowded = len(names) > 3
     ax.set_xticks(range(len(names)), names, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean ± std over seeds (dots: each seed)")
+    hollow = "; hollow: still improving" if runs["still_improving"].astype(bool).any() else ""
+    ax.set_title(f"{metric}: mean ± std over seeds\n(dots: each seed{hollow})")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep_cost(sweep, runs: pd.DataFrame, path: Path) -> None:
+    from machinery.comparison.plots import plot_cost
+    plt = _pyplot()
+    fig = plot_cost(runs.set_index("run"), group="variant",
+                    title=f"sweep {sweep.name}: best validation loss against what it cost (one point per run)")
     fig.savefig(path, dpi=110)
     plt.close(fig)

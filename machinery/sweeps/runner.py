@@ -19,14 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machinery.run.runs import trained_dir
 from machinery.sweeps.definition import ROOT, RunPlan
 
 TRAIN_SCRIPT = ROOT / "train.py"
-
-
-def trained_dir() -> Path:
-    import tools
-    return Path(tools.TRAINED_DIR)
 
 
 def logged_steps(run_dir: Path) -> int:
