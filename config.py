@@ -178,6 +178,8 @@ class TrainConfig(_Validated):
     device: str = "auto"                # 'auto' picks cuda, then mps, then cpu
     dtype: str = "auto"                 # 'auto': bfloat16 autocast on CUDA with bf16 (and AMX CPUs), else float32
     compile: bool = False               # torch.compile the model (CUDA: usually faster; CPU: try it)
+    deterministic: bool = False         # deterministic GPU kernels, so a rerun or a resumed run repeats its losses
+                                        # bit for bit (somewhat slower; CPU runs repeat anyway)
     # --- data ---
     dataset: str = "data/samples/tinystories"  # a local .txt/.jsonl/.json/.parquet file or folder (relative
                                         # paths: the current folder, else the project's), or a hub name such as
@@ -253,7 +255,7 @@ class TrainConfig(_Validated):
             self.warmup_iters = self.max_iters // 10
         for name in ("final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
-        for name in ("compile", "streaming", "doc_masking", "activation_checkpointing"):
+        for name in ("compile", "deterministic", "streaming", "doc_masking", "activation_checkpointing"):
             self._bool(name)
         self._float("val_fraction", lo=0, hi=0.5, lo_open=True)
         self._float("beta1", hi=0.9999)

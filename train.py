@@ -192,7 +192,13 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
                 save_resumable(run_dir, state, model, optimizers, data.batches, machine)
     except NonFiniteStep as e:
-        raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") from None
+        raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") \
+            from None
+    except RuntimeError as e:
+        if not (train_cfg.deterministic and "does not have a deterministic implementation" in str(e)):
+            raise
+        raise TrainingError(f"--deterministic: {str(e).split(',')[0]} on {machine.device.type}; add "
+                            f"--deterministic=false: {stopping.kept(run_dir)}") from None
     finally:
         progress.close()
         tracker.finish()

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.machine import cpu_busy_s  # noqa: E402
+from bench.machine import cpu_busy_s, reset_peak_rss, rss_mb  # noqa: E402
 from machinery.cli import parse_bool  # noqa: E402
 
 BENCH_FLAGS = {"preset", "steps", "warmup", "budget_s", "threads", "pair", "rounds", "block", "adamw", "no_log_io",
@@ -65,27 +65,6 @@ SCALING_BUDGET_S = {"1M": 8.0, "5M": 15.0, "25M": 35.0}  # timed seconds per cel
 
 
 # --- small helpers -------------------------------------------------------------------------------------
-def _rss_status(field: str) -> float:
-    """VmHWM / VmRSS of this process in MB (Linux), NaN elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak covers only what follows."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     if len(values) == 1:
@@ -213,8 +192,8 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
         steps = max(3, min(steps, int(budget_s / per_step)))
     if runner.cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_status("VmRSS")
-    reset_ok = _reset_peak_rss()
+    rss_before = rss_mb("VmRSS")
+    reset_ok = reset_peak_rss()
     times, phases = [], []
     busy0, own0, wall0 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     for _ in range(steps):
@@ -224,7 +203,7 @@ def run_bench(overrides: dict, preset: str | None = None, steps: int = 100, warm
     # CPU used by other processes while we ran, in cores: > ~0.2 means the timings are contended
     busy1, own1, wall1 = cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
     others_cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else _rss_status("VmHWM")
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20 if runner.cuda else rss_mb("VmHWM")
     eval_ms = runner.evaluate_ms()
 
     median, mean = statistics.median(times), statistics.fmean(times)

@@ -10,6 +10,11 @@ weight decay 0.1 on 2-D tensors, not fused: nanoGPT fuses only on CUDA), 100 lin
 cosine to 1e-4 at max_iters, grad clip 1, float32. Data: the characters of tinyshakespeare/input.txt
 (ASCII, so characters = bytes), first 90% train, last 10% validation, random windows of 64 + 1.
 
+On a GPU (`--device=cuda --dtype=bfloat16 --bias --vocab_size=32768 ...`) it is nanoGPT's GPU loop: bf16
+autocast, fused AdamW, batches copied from pinned memory without waiting, and the loss read every
+--log_interval iterations; --vocab_size trains on random tokens (throughput only). bench/gpu_check.py pairs
+it with templateGPT's step on gpt2_124M's shapes.
+
 Prints one JSON line: median / p10 / p90 ms per training iteration (evaluation excluded), tokens/s, the
 final validation loss (nanoGPT's estimate: `eval_iters` random batches), the loss over the whole
 validation split (every non-overlapping window, deterministic), and others_cpu_cores: CPU cores other
@@ -18,6 +23,7 @@ processes kept busy meanwhile (Linux; above ~0.2 the timings are contended).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,21 +45,24 @@ DEFAULT_DATA = ROOT / "data" / "samples" / "tinyshakespeare" / "input.txt"
 
 
 # --- the model ---------------------------------------------------------------------------------------
-class BiaslessLayerNorm(nn.Module):
-    def __init__(self, dim: int):
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (nanoGPT's; PyTorch's had none to switch off)."""
+
+    def __init__(self, dim: int, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, bias: bool = False):
         super().__init__()
         self.heads = heads
-        self.c_attn = nn.Linear(dim, 3 * dim, bias=False)  # q, k and v in one matmul
-        self.c_proj = nn.Linear(dim, dim, bias=False)
+        self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)  # q, k and v in one matmul
+        self.c_proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -66,13 +75,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, bias: bool = False):
         super().__init__()
-        self.ln_1 = BiaslessLayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads)
-        self.ln_2 = BiaslessLayerNorm(dim)
-        self.c_fc = nn.Linear(dim, 4 * dim, bias=False)
-        self.mlp_proj = nn.Linear(4 * dim, dim, bias=False)
+        self.ln_1 = LayerNorm(dim, bias)
+        self.attn = CausalSelfAttention(dim, heads, bias)
+        self.ln_2 = LayerNorm(dim, bias)
+        self.c_fc = nn.Linear(dim, 4 * dim, bias=bias)
+        self.mlp_proj = nn.Linear(4 * dim, dim, bias=bias)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -80,17 +89,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, block: int, layers: int, heads: int, dim: int):
+    def __init__(self, vocab: int, block: int, layers: int, heads: int, dim: int, bias: bool = False):
         super().__init__()
         self.wte = nn.Embedding(vocab, dim)
         self.wpe = nn.Embedding(block, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.ln_f = BiaslessLayerNorm(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, bias) for _ in range(layers))
+        self.ln_f = LayerNorm(dim, bias)
         self.lm_head = nn.Linear(dim, vocab, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, 0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block_ in self.blocks:  # residual projections: smaller init (GPT-2)
             for proj in (block_.attn.c_proj, block_.mlp_proj):
                 nn.init.normal_(proj.weight, 0.0, 0.02 / math.sqrt(2 * layers))
@@ -118,11 +129,19 @@ def load_chars(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return ids[:n], ids[n:], len(stoi)
 
 
-def get_batch(data: np.ndarray, batch: int, block: int):
+def get_batch(data: np.ndarray, batch: int, block: int, device: str = "cpu"):
     ix = torch.randint(len(data) - block, (batch,))
     x = torch.stack([torch.from_numpy(data[i:i + block].astype(np.int64)) for i in ix.tolist()])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block].astype(np.int64)) for i in ix.tolist()])
+    if device == "cuda":  # nanoGPT: pinned memory, copied without waiting
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x, y
+
+
+def synthetic_tokens(vocab: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random token ids (train, validation): a throughput benchmark's data, where only shapes matter."""
+    ids = np.random.default_rng(seed).integers(0, vocab, n, dtype=np.int64).astype(np.uint32)
+    return ids[:int(0.9 * n)], ids[int(0.9 * n):]
 
 
 def lr_at(it: int, args) -> float:
@@ -138,7 +157,7 @@ def lr_at(it: int, args) -> float:
 @torch.no_grad()
 def estimate_loss(model, data, args, iters: int) -> float:
     model.eval()
-    losses = [model(*get_batch(data, args.batch_size, args.block_size)).item() for _ in range(iters)]
+    losses = [model(*get_batch(data, args.batch_size, args.block_size, args.device)).item() for _ in range(iters)]
     model.train()
     return sum(losses) / len(losses)
 
@@ -150,9 +169,10 @@ def full_val_loss(model, data, block: int, rows: int = 256) -> float:
     n = (len(data) - 1) // block
     starts = np.arange(n) * block
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for i in range(0, n, rows):
         s = starts[i:i + rows, None] + np.arange(block + 1)
-        w = torch.from_numpy(data[s].astype(np.int64))
+        w = torch.from_numpy(data[s].astype(np.int64)).to(device)
         total += model(w[:, :-1], w[:, 1:]).item() * len(s)
         count += len(s)
     model.train()
@@ -198,6 +218,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 leaves the default")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (nanoGPT's CPU run: off)")
+    p.add_argument("--bias", action="store_true", help="biases in Linears and LayerNorms (nanoGPT's GPT-2 default)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="bfloat16: autocast")
+    p.add_argument("--vocab_size", type=int, default=0, help="train on random tokens of this vocabulary "
+                   "(a throughput benchmark) instead of --data's characters")
+    p.add_argument("--log_interval", type=int, default=1, help="read the loss every this many iterations "
+                   "(nanoGPT's CPU run: 1; its GPT-2 run: 10)")
     p.add_argument("--full_val", action=argparse.BooleanOptionalAction, default=True,
                    help="also report the loss over the whole validation split at the end")
     p.add_argument("--quiet", action="store_true")
@@ -213,16 +240,23 @@ class Reference:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         torch.manual_seed(args.seed)
-        self.train_data, self.val_data, self.vocab = load_chars(args.data)
-        self.model = GPT(self.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd)
+        if args.vocab_size:
+            (self.train_data, self.val_data), self.vocab = synthetic_tokens(args.vocab_size, 1 << 22, args.seed), \
+                args.vocab_size
+        else:
+            self.train_data, self.val_data, self.vocab = load_chars(args.data)
+        self.model = GPT(self.vocab, args.block_size, args.n_layer, args.n_head, args.n_embd, args.bias).to(args.device)
         decay = [p_ for p_ in self.model.parameters() if p_.dim() >= 2]
         no_decay = [p_ for p_ in self.model.parameters() if p_.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=args.lr, betas=(0.9, args.beta2))  # CPU default: for-loop
+                                           lr=args.lr, betas=(0.9, args.beta2),
+                                           fused=args.device == "cuda" or None)  # CPU default: for-loop
         self.train_model = torch.compile(self.model) if args.compile else self.model
+        self.autocast = (torch.autocast(args.device, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                         else contextlib.nullcontext())
         self.it, self.train_loss = 0, float("nan")
-        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size)
+        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size, args.device)
 
     def step(self) -> float:
         """One iteration; returns its seconds."""
@@ -231,14 +265,16 @@ class Reference:
         lr = lr_at(self.it, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = self.train_model(self.x, self.y)
-        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size)  # nanoGPT prefetches
+        with self.autocast:
+            loss = self.train_model(self.x, self.y)
+        self.x, self.y = get_batch(self.train_data, args.batch_size, args.block_size, args.device)  # prefetch
         loss.backward()
         if args.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        self.train_loss = loss.item()  # nanoGPT's CPU run logs every iteration (log_interval=1)
+        if self.it % args.log_interval == 0:  # nanoGPT's CPU run logs every iteration (log_interval=1)
+            self.train_loss = loss.item()
         self.it += 1
         return time.perf_counter() - t0
 

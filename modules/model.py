@@ -40,6 +40,7 @@ class Model(LoggingModule):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_len, bias=False)
         self.logit_multiplier = mup.output_multiplier(cfg)  # μP: 1/m (tied or not); exactly 1.0 under SP
         self.activation_checkpointing = False  # recompute each block in backward (set by train.py)
+        self.attention_kernel = "auto"  # masked attention: 'auto', 'sdpa' or 'flex' (modules/attention.py)
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight  # one tensor, two uses
@@ -90,10 +91,13 @@ class Model(LoggingModule):
         x = self.embed_dropout(self.embed(input_ids, positions))
         rope = self.rope(positions) if self.rope is not None else None
         # what every layer's attention shares: masks, the cache (modules/attention.py decides how to use them)
-        attn_inputs = AttentionInputs(slots, rope, doc_ids, cache)
+        attn_inputs = AttentionInputs(slots, rope, doc_ids, cache, kernel=self.attention_kernel)
 
+        checkpointing = self.activation_checkpointing and self.training
+        for layer in self.layers if checkpointing else ():  # masks first: see SelfAttention.masking
+            layer.attn.masking(attn_inputs)
         for layer in self.layers:
-            if self.activation_checkpointing and self.training:
+            if checkpointing:
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn_inputs, use_reentrant=False)
             else:
                 x = layer(x, attn_inputs)

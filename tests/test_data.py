@@ -3,7 +3,6 @@ import json
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -11,6 +10,7 @@ from config import TrainConfig
 from machinery.data.batches import TokenBatches, document_ids
 from machinery.data.pretokenize import cache_folder, load_tokens
 from machinery.data.sources import has_validation_split, iter_documents
+from tests.helpers import write_table
 
 DOCS = [f"Story {i}: the {'big ' * (i % 5)}cat sat on mat number {i}." for i in range(200)]
 
@@ -72,13 +72,7 @@ def test_txt_with_separator_splits_documents_and_holds_out_a_seeded_subset(tmp_p
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet"])
 def test_table_files_give_the_same_documents(tmp_path, suffix):
     path = tmp_path / f"stories{suffix}"
-    rows = [{"body": d, "n": i} for i, d in enumerate(DOCS)]
-    if suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif suffix == ".json":
-        path.write_text(json.dumps(rows))
-    else:
-        pd.DataFrame(rows).to_parquet(path)
+    write_table(path, [{"body": d, "n": i} for i, d in enumerate(DOCS)])
     train = list(iter_documents(str(path), "train", text_field="body", seed=1))
     val = list(iter_documents(str(path), "validation", text_field="body", seed=1))
     reference = list(iter_documents(str(write_jsonl(tmp_path / "ref.jsonl", DOCS)), "validation", seed=1))

@@ -1,4 +1,6 @@
 """machinery/run/device.py: dtype='auto' takes bfloat16 on CPUs whose bf16 matmuls are really faster, float32 elsewhere."""
+import os
+
 import pytest
 import torch
 
@@ -99,3 +101,21 @@ def test_busy_cores_sees_a_busy_process():
         pytest.skip("no /proc/stat on this system")
     assert 0 <= idle <= (dev.os.cpu_count() or 1) + 0.1
     assert busy >= 0.7, busy  # the spinner alone keeps one core busy
+
+
+def test_deterministic_kernels_are_switched_on_and_off_by_the_config(monkeypatch):
+    """TrainConfig.deterministic: torch's deterministic kernels, strictly (warn-only mode leaves SDPA's backward
+    nondeterministic), and cuBLAS's fixed workspace, set before any GPU work; off again for the next run."""
+    from config import TrainConfig
+    from machinery.run.setup import set_up
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "placeholder")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # absent again after the test
+    try:
+        machine = set_up(TrainConfig(device="cpu", dtype="float32", deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert "deterministic kernels" in machine.dtype_reason
+    finally:
+        machine = set_up(TrainConfig(device="cpu", dtype="float32"))
+    assert not torch.are_deterministic_algorithms_enabled() and "deterministic" not in machine.dtype_reason

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 SCRIPTS = ["train", "inference", "model_comparison", "sweep", "export_hf", "evaluate", "bench.bench_train",
+           "bench.gpu_check",
            "bench.profile_train", "bench.bench_inference", "bench.bench_decode_hf", "bench.coord_check",
            "bench.mup_lr_transfer", "bench.bench_checksum", "bench.bench_vs_nanogpt", "bench.bench_data",
            "bench.bench_tokenize"]

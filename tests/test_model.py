@@ -259,6 +259,25 @@ def test_compiled_model_matches_eager():
         torch.testing.assert_close(p.grad, ref.grad, atol=1e-5, rtol=1e-3, msg=name)
 
 
+@pytest.mark.parametrize("variant", [dict(), dict(sliding_window=3), dict(doc_masking=True)])
+def test_compiled_training_forward_has_no_graph_break(variant):
+    """Graph capture of a training forward + backward (dynamo's eager backend: no code generation, seconds),
+    activation checkpointing included: a graph break would hand every step back to Python mid-model (a layer's
+    mask built inside a checkpoint once did: a side effect compile cannot replay)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    docs = variant.pop("doc_masking", False)
+    model = Model(tiny_cfg(**variant))
+    model.activation_checkpointing = True
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    x = tokens(2, 8)
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1]]) if docs else None
+    _, loss = compiled(x, x, doc_ids=doc_ids)
+    loss.backward()
+    assert dict(counters["graph_break"]) == {} and counters["stats"]["unique_graphs"] == 1
+
+
 def test_compiled_state_dict_loads_into_plain_model(tmp_path):
     model = Model(tiny_cfg())
     compiled = torch.compile(model)  # compiles lazily: wrapping alone is enough to prefix the keys

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import config
 from config import MLP_NONLINEARITIES, NORM_TYPES, POS_ENC_TYPES, ModelConfig
 from modules import reference
-from modules.attention import AttentionInputs, SelfAttention, attention_mask
+from modules import attention as attention_module
+from modules.attention import AttentionInputs, SelfAttention, attention_mask, choose_kernel
 from modules.logging import LoggingModule, log_io
 from modules.mlp import ACTIVATIONS, MLP
 from modules.model import Model
@@ -137,6 +138,78 @@ def test_sdpa_matches_reference(heads, variant):
     expected = reference.self_attention(x, attn, positions, cfg.theta, allowed)
     tol = 1e-6 if rope is not None else 1e-10  # the RoPE tables are float32 by design
     torch.testing.assert_close(y, expected, atol=tol, rtol=tol)
+
+
+# --- FlexAttention: the masked path on GPUs, held to the same reference (forward only: no CPU backward) --------
+FLEX_UNFUSED = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # true on CPUs
+FLEX_MASKS = {"window": dict(sliding_window=3), "docs": dict(docs=True),
+              "window+docs": dict(sliding_window=4, docs=True),
+              "rope+window+qk_norm+bias": dict(sliding_window=3, rope=True, qk_norm=True, linear_bias=True)}
+
+
+@FLEX_UNFUSED
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("variant", list(FLEX_MASKS))
+@torch.no_grad()
+def test_flex_attention_matches_reference(heads, variant, monkeypatch):
+    spec = dict(FLEX_MASKS[variant])
+    docs, use_rope = spec.pop("docs", False), spec.pop("rope", False)
+    q_heads, kv_heads = HEADS[heads]
+    cfg = tiny_cfg(num_q_heads=q_heads, num_kv_heads=kv_heads, **spec)
+    attn = randomize_(SelfAttention(cfg, layer_idx=0).double(), std=0.2)
+    B, T = 2, 10
+    x = torch.randn(B, T, cfg.dim, dtype=torch.float64)
+    slots = torch.arange(T)
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 2, 2, 2]]) if docs else None
+    rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.theta)(slots).to(torch.complex128) if use_rope else None
+    calls = []
+    real_flex = attention_module.flex_attention
+    monkeypatch.setattr(attention_module, "flex_attention", lambda *a, **k: calls.append(1) or real_flex(*a, **k))
+    flex = attn(x, AttentionInputs(slots, rope, doc_ids, kernel="flex"))
+    sdpa = attn(x, AttentionInputs(slots, rope, doc_ids, kernel="sdpa"))
+    assert calls == [1], "the flex path did not run"
+    expected = reference.self_attention(x, attn, slots if use_rope else None, cfg.theta,
+                                        reference.mask(T, cfg.sliding_window, doc_ids))
+    tol = 1e-6 if use_rope else 1e-10  # the RoPE tables are float32 by design
+    torch.testing.assert_close(flex, expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(flex, sdpa, atol=1e-10, rtol=1e-10)
+
+
+@FLEX_UNFUSED
+@torch.no_grad()
+def test_model_with_flex_attention_gives_the_sdpa_logits_and_generates_with_a_cache():
+    model = randomize_(Model(tiny_cfg(sliding_window=5)), std=0.1).eval()
+    ids = torch.randint(0, VOCAB, (2, 16))
+    doc_ids = torch.tensor([[0] * 6 + [1] * 10, [0] * 11 + [1] * 5])
+    sdpa, _ = model(ids, doc_ids=doc_ids)
+    model.attention_kernel = "flex"
+    flex, _ = model(ids, doc_ids=doc_ids)
+    torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
+    cache = model.new_cache(2)  # with a KV cache attention keeps SDPA's mask, whatever the kernel asked
+    model(ids[:, :8], cache=cache)
+    step, _ = model(ids[:, 8:9], cache=cache)
+    torch.testing.assert_close(step[:, 0], model(ids[:, :9])[0][:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("requested, device, masked, dropout, head_dim, chosen", [
+    ("auto", "cpu", True, 0.0, 64, "sdpa"),     # no FlexAttention backward on CPUs
+    ("auto", "cuda", True, 0.0, 64, "flex"),    # documents / windows on a GPU: the block-sparse kernel
+    ("auto", "cuda", False, 0.0, 64, "sdpa"),   # plain causal: SDPA's flash kernel already
+    ("auto", "cuda", True, 0.1, 64, "sdpa"),    # FlexAttention has no dropout
+    ("auto", "cuda", True, 0.0, 8, "sdpa"),     # its Triton kernels need head_dim >= 16
+    ("sdpa", "cuda", True, 0.0, 64, "sdpa"),
+    ("flex", "cpu", True, 0.0, 8, "flex"),
+    ("flex", "cuda", False, 0.0, 64, "sdpa"),   # nothing to mask
+])
+def test_kernel_choice(requested, device, masked, dropout, head_dim, chosen):
+    assert choose_kernel(requested, torch.device(device), masked, dropout, head_dim) == chosen
+
+
+@pytest.mark.parametrize("requested, dropout, head_dim, message", [
+    ("flex", 0.1, 64, "no attention dropout"), ("flex", 0.0, 8, "head_dim >= 16"), ("fast", 0.0, 64, "unknown")])
+def test_kernel_choice_refusals(requested, dropout, head_dim, message):
+    with pytest.raises(ValueError, match=message):
+        choose_kernel(requested, torch.device("cuda"), True, dropout, head_dim)
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():

@@ -195,6 +195,27 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(sample_data, data_cache
     assert math.isfinite(state["best_val"])
 
 
+def test_an_op_without_a_deterministic_kernel_is_one_clear_line(sample_data, data_cache, trained_dir, capsys,
+                                                                monkeypatch):
+    """--deterministic is strict (torch's warn-only mode would leave attention's backward nondeterministic on
+    GPUs): an op that has no deterministic kernel stops the run with one line naming it."""
+    def nondeterministic(*args, **kwargs):
+        raise RuntimeError("nll_loss2d_forward_out_cuda_template does not have a deterministic implementation, but "
+                           "you set 'torch.use_deterministic_algorithms(True)'. You can turn off determinism ...")
+    monkeypatch.setattr(train, "train_step", nondeterministic)
+    try:
+        assert train.main(tiny_args(sample_data, data_cache, deterministic=True)) == 2
+    finally:
+        torch.use_deterministic_algorithms(False)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("error: --deterministic: nll_loss2d_forward_out_cuda_template does not have a deterministic "
+                    "implementation on cpu; run without --deterministic (then --resume)")
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):  # any other error is not ours to rephrase
+        train.main(tiny_args(sample_data, data_cache, name="other", deterministic=True))
+    torch.use_deterministic_algorithms(False)
+
+
 def test_config_flag_starts_a_new_run_from_saved_configs(sample_data, data_cache, trained_dir):
     assert train.main(tiny_args(sample_data, data_cache, max_iters=3)) == 0
     assert train.main([f"--config={trained_dir / 'run'}", "--model_name=child", "--qk_norm=true"]) == 0

@@ -1,6 +1,15 @@
 """One optimizer step: the code train.py runs and bench/bench_train.py times (so the benchmark cannot drift
 from the trainer). Forward and backward over grad_accum_steps micro-batches, gradient clipping, and the
-update, which is skipped when the loss or the gradient is not finite."""
+update, which is skipped when the loss or the gradient is not finite.
+
+Host syncs (the CPU waiting for the GPU), all of them in one step (tests/test_host_syncs.py holds it to this):
+- one `.item()`, the finiteness check below: needed, since a non-finite update must never be applied.
+- none for the data: each micro-batch is built on the host from the token array (it lives there) and copied
+  from pinned memory with non_blocking=True (machinery/data/batches.py), so the host queues it and moves on.
+- none for the learning rate (a Python float; fused AdamW takes it as one), the masks (built on the device),
+  the loss (kept on the device in StepResult) or clipping (the norm stays a device tensor).
+train.py adds a read of the loss every log_interval steps (the log line) and at evaluations and checkpoints.
+"""
 from __future__ import annotations
 
 import math
@@ -55,8 +64,8 @@ def train_step(step: int, model: nn.Module, optimizers: list, batches, train_cfg
         step_loss += loss.detach() / accum
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or math.inf)
     clock("clip")
-    # one host sync per step. A finite loss can still come with an inf/NaN gradient (no clipping, a huge
-    # lr): applying that update would poison the weights and the optimizer state, so nothing is applied.
+    # the step's one host sync (see the top of this file). A finite loss can still come with an inf/NaN gradient
+    # (no clipping, a huge lr): applying that update would poison the weights and the optimizer state.
     if not torch.isfinite(step_loss + grad_norm).item():
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

@@ -22,8 +22,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from machinery import PROJECT_ROOT
+from machinery.data import plain_files
 from machinery.data.file_errors import first_broken_file
-from machinery.data.hub import hub_call
+from machinery.data.hub import LOCAL_HINT, hub_call
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -60,8 +61,34 @@ def _format_of(files: list[Path], where: str) -> str:
     return kinds.pop()
 
 
-def _folder_splits(folder: Path) -> dict:
-    """Split -> data files, inferred from file names exactly as `datasets` does (train.*, validation.*)."""
+def _datasets():
+    """The `datasets` package, or None where it is not installed (then local files are read by
+    machinery/data/plain_files.py, with the same results)."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    return datasets
+
+
+def _hub_datasets(name: str):
+    """The `datasets` package for a hub dataset; without it, one clear error."""
+    datasets = _datasets()
+    if datasets is None:
+        raise ValueError(f"dataset {name!r} is not a local path, and loading it from the Hugging Face hub needs the "
+                         f"`datasets` package (pip install datasets). {LOCAL_HINT}")
+    return datasets
+
+
+def _split_files(folder: Path) -> dict:
+    """Split -> every file `datasets` would assign to it (or plain_files.py's same rules without it)."""
+    empty = ValueError(f"dataset folder {folder} contains no data files: add train.jsonl (or .txt, .json, "
+                       f".parquet) and optionally validation.jsonl")
+    if _datasets() is None:
+        resolved = plain_files.folder_splits(folder)
+        if not resolved:
+            raise empty
+        return resolved
     from datasets.data_files import DataFilesDict, get_data_patterns
     for entry in folder.iterdir():  # `datasets` skips pipes and devices without a word: name them
         if entry.suffix.lower() in FORMATS and entry.exists() and not (entry.is_file() or entry.is_dir()):
@@ -69,9 +96,13 @@ def _folder_splits(folder: Path) -> dict:
     try:
         patterns = get_data_patterns(str(folder))
     except Exception as e:  # EmptyDatasetError: no files at all
-        raise ValueError(f"dataset folder {folder} contains no data files: add train.jsonl (or .txt, "
-                         f".json, .parquet) and optionally validation.jsonl") from e
-    resolved = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+        raise empty from e
+    return DataFilesDict.from_patterns(patterns, base_path=str(folder))
+
+
+def _folder_splits(folder: Path) -> dict:
+    """Split -> data files, inferred from file names exactly as `datasets` does (train.*, validation.*)."""
+    resolved = _split_files(folder)
     splits, ignored = {}, set()
     for split, paths in resolved.items():
         keep = [Path(p) for p in paths if Path(p).suffix.lower() in FORMATS and not Path(p).name.startswith(".")]
@@ -140,7 +171,7 @@ def has_validation_split(dataset: str | Source, data_subset: Optional[str] = Non
     src = dataset if isinstance(dataset, Source) else resolve_source(dataset, data_subset)
     if src.is_local:
         return "validation" in src.files
-    import datasets
+    datasets = _hub_datasets(src.name)
     names = hub_call(src.name, datasets.get_dataset_split_names, src.name, src.data_subset)
     return "validation" in names
 
@@ -195,7 +226,7 @@ def _txt_documents(path: Path, separator: str) -> Iterator[str]:
 
 def _table_documents(src: Source, split: str, streaming: bool, text_field: str) -> Iterator[str]:
     """Texts of one split read through `datasets` (local json/parquet are always streamed: no copy)."""
-    import datasets
+    datasets = _hub_datasets(src.name)
     if src.is_local:
         fmt = src.formats[split]
         ds = datasets.load_dataset(fmt, data_files={split: [str(f) for f in src.files[split]]},
@@ -217,7 +248,11 @@ def _table_documents(src: Source, split: str, streaming: bool, text_field: str) 
 
 def _local_table_documents(src: Source, split: str, text_field: str) -> Iterator[str]:
     """Rows of local json/parquet files; a broken file is one ValueError naming the file (and the line)."""
-    import datasets  # noqa: F401 (importing it sets its log level: do that first)
+    if _datasets() is None:  # (importing it sets its log level: that happens first, here)
+        # read them ourselves; plain_files.py names a broken file and line itself
+        yield from plain_files.table_texts(src.files[split], src.formats[split], text_field,
+                                           lambda columns: _check_field(src, text_field, columns))
+        return
     datasets_log = logging.getLogger("datasets")
     level = datasets_log.level
     datasets_log.setLevel(logging.CRITICAL)  # it logs the failure before raising it: we say it once, better

@@ -168,6 +168,22 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype_choice(name, device)[0]
 
 
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # cuBLAS repeats its sums bit for bit only with a fixed workspace
+
+
+def use_deterministic_kernels(enabled: bool) -> None:
+    """TrainConfig.deterministic: kernels that give the same bits on every run (atomic-add reductions, e.g. in
+    attention's backward, otherwise sum in a different order each time), or torch's defaults. Strict: an op
+    without a deterministic version stops the run with an error naming it (torch's warn-only mode would keep
+    SDPA's flash and memory-efficient backward nondeterministic: they switch only in this one). cuBLAS reads
+    its workspace setting when it starts, so this runs before the first matmul; a value already set is kept."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    if enabled != torch.are_deterministic_algorithms_enabled():  # the call imports inductor's config: ~1 s
+        torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = False  # its autotuner may pick a different kernel per run (also torch's default)
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision for forward passes: weights stay float32, matmuls run in dtype."""
     if dtype == torch.float32:

@@ -73,13 +73,19 @@ def wrap_model(model: nn.Module, dist: Dist, parallel: str, device: torch.device
     if not dist.enabled:
         return model
     if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-        for layer in model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        return shard_model(model)
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+
+def shard_model(model: nn.Module) -> nn.Module:
+    """FSDP2, in place: each block's parameters sharded over the process group, then the rest. Needs a process
+    group (torchrun's; bench/gpu_check.py starts one of a single process to time the wrapper on one GPU)."""
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
 
 
 def gather(obj, dist: Dist) -> list:

@@ -44,6 +44,7 @@ def recovery_advice(run_dir: Path) -> str:
                 f"--overwrite and {FIXES}")
     newer = [folder.name for step, folder in complete if step > good[0]]
     if not newer:
-        return f"The newest checkpoint, {good[1]}, was saved while the loss was still falling: try {FIXES}, then --resume"
+        return (f"The newest checkpoint, {good[1]}, was saved while the loss was still falling: try {FIXES}, "
+                f"then --resume")
     return (f"The newest checkpoint saved while the loss was still finite and falling is {good[1]}: move "
             f"{', '.join(newer)} out of {root} (the loss was rising there), then --resume with {FIXES}")

@@ -205,7 +205,8 @@ class RunLock:
                     holder = handle.read().strip() or "another process"
                     handle.close()
                     raise RunLockedError(f"{self.what} {self.run_dir} is in use by {holder}: wait for it to "
-                                         f"finish or stop it first (two processes would interleave its files)") from None
+                                         f"finish or stop it first (two processes would interleave its files)") \
+                        from None
                 try:  # the previous holder may have deleted the file between our open and our lock
                     same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
                 except FileNotFoundError:

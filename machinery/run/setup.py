@@ -2,6 +2,7 @@
 processes, seed), the data, the model, and the model made ready to train (wrapped, optimizers, compiled)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from torch import nn
 from config import ModelConfig, TrainConfig
 from machinery.data.batches import TokenBatches
 from machinery.run import distributed
-from machinery.run.device import cpu_threads_choice, dtype_choice, pick_device
+from machinery.run.device import cpu_threads_choice, dtype_choice, pick_device, use_deterministic_kernels
 from modules.model import Model
 from training.optim import build_optimizers, optimizer_builder
 from training.schedule import anneal_shape
@@ -44,6 +45,7 @@ def set_up(train_cfg: TrainConfig) -> Machine:
     optimizer_builder(train_cfg.optimizer)
     anneal_shape(train_cfg.anneal_type)
     device = pick_device(train_cfg.device)
+    use_deterministic_kernels(train_cfg.deterministic)  # before the first GPU kernel: cuBLAS reads it at start
     dist = distributed.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -51,6 +53,8 @@ def set_up(train_cfg: TrainConfig) -> Machine:
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(train_cfg.seed)
     dtype, why = dtype_choice(train_cfg.dtype, device)
+    if train_cfg.deterministic:
+        why += "; deterministic kernels"
     return Machine(device, dtype, dist, why)
 
 
@@ -103,9 +107,11 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, 
 
 
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine) -> Model:
-    """The model on its device; running out of memory here is one line saying how big it was."""
+    """The model on its device; running out of memory here is one line saying how big it was. On a GPU the weights
+    are made and initialized there (a 1B model's init takes tens of seconds on the CPU, then a copy)."""
     try:
-        model = Model(model_cfg).to(machine.device)
+        with torch.device(machine.device) if machine.device.type == "cuda" else contextlib.nullcontext():
+            model = Model(model_cfg).to(machine.device)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "memory" not in str(e).lower():
             raise
@@ -121,6 +127,6 @@ def prepare_training(model: Model, train_cfg: TrainConfig, machine: Machine) -> 
     Load saved weights into `model` before this (FSDP shards them here)."""
     train_model = distributed.wrap_model(model, machine.dist, train_cfg.parallel, machine.device)
     optimizers = build_optimizers(model, train_cfg, machine.device)
-    if train_cfg.compile:
-        train_model = torch.compile(train_model)
+    if train_cfg.compile:  # every step has the same shapes: one static graph, never a dynamic-shape recompile
+        train_model = torch.compile(train_model, dynamic=False)
     return train_model, optimizers

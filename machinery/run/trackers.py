@@ -39,7 +39,8 @@ class TensorBoardTracker(Tracker):
             raise ValueError("--tracker=tensorboard needs the tensorboard package: pip install tensorboard") from None
         log_dir = Path(run_dir) / "tensorboard"
         try:  # purge_step: a resumed run first hides the rows logged after its checkpoint, which it logs again
-            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+            self.writer = SummaryWriter(log_dir=str(log_dir),
+                                        purge_step=None if resume_step is None else resume_step + 1)
             for name, values in configs.items():  # markdown: indented lines are a code block
                 text = "\n".join("    " + line for line in json.dumps(values, indent=2).splitlines())
                 self.writer.add_text(f"config/{name}", text, global_step=0)
