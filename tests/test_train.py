@@ -208,8 +208,10 @@ def test_an_op_without_a_deterministic_kernel_is_one_clear_line(sample_data, dat
     finally:
         torch.use_deterministic_algorithms(False)
     last = capsys.readouterr().err.strip().splitlines()[-1]
+    # at the first step there is no checkpoint: the message says so rather than sending the user to --resume
     assert last == ("error: --deterministic: nll_loss2d_forward_out_cuda_template does not have a deterministic "
-                    "implementation on cpu; run without --deterministic (then --resume)")
+                    f"implementation on cpu; add --deterministic=false: {trained_dir / 'run'} has no checkpoint yet, "
+                    f"so --resume cannot continue it: start it again with --overwrite (this replaces it)")
     monkeypatch.setattr(train, "train_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):  # any other error is not ours to rephrase
         train.main(tiny_args(sample_data, data_cache, name="other", deterministic=True))
