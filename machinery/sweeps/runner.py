@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machinery.run.runs import has_checkpoint
 from machinery.sweeps.definition import ROOT, RunPlan
 
 TRAIN_SCRIPT = ROOT / "train.py"
@@ -46,15 +47,7 @@ def run_state(plan: RunPlan) -> str:
         return "new"
     if logged_steps(run_dir) >= plan.max_iters and (run_dir / "model.safetensors").is_file():
         return "done"
-    return "resume" if _has_checkpoint(run_dir) else "restart"
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    from machinery.run.checkpoint import latest_checkpoint  # the one definition of a complete checkpoint
-    try:
-        return latest_checkpoint(run_dir) is not None
-    except ValueError:  # a damaged one: train.py --resume names it and says what to do
-        return True
+    return "resume" if has_checkpoint(run_dir) else "restart"
 
 
 def train_command(plan: RunPlan, state: str, preset: str | None) -> list[str]:
