@@ -29,7 +29,7 @@ from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConf
 from machinery.cli import build_configs, describe_presets, parse_bool, print_help_if_asked, split_args
 from machinery.data.sources import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
-from machinery.run import distributed, runs
+from machinery.run import distributed, runs, stopping
 from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
@@ -49,7 +49,11 @@ RUN_FLAGS = """Run options (not saved with the run):
                         the architecture may not)
     --resume=auto       continue --model_name=NAME if it has a checkpoint, else start it (for jobs that a
                         scheduler may restart: the same command starts and continues the run)
-    --overwrite         replace an existing run folder"""
+    --overwrite         replace an existing run folder
+
+Stopping: Ctrl-C (SIGINT), SIGTERM or SIGUSR1 (Slurm: --signal=USR1@120) finish the current step, save a
+checkpoint and exit with 128 + the signal (130, 143, 138); --model_name=NAME --resume continues exactly.
+Exit codes: 0 finished, 2 a problem named in one line, 130/143/138 stopped by a signal."""
 
 
 # --- the command line ----------------------------------------------------------------------------------
@@ -110,14 +114,15 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: Path, resume:
     """Train into run_dir; returns the last log row with best_val. An existing run_dir is continued with
     resume=True, replaced only with overwrite=True, and otherwise refused."""
     run_dir = Path(run_dir)
-    machine = set_up(train_cfg)
-    choose_cpu_threads(machine)
-    lock = runs.RunLock(run_dir) if machine.is_main else contextlib.nullcontext()
-    try:
-        with lock:  # one process per run folder, for the whole run
-            return _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine)
-    finally:
-        distributed.shutdown()
+    with stopping.on_signals(run_dir) as stop:  # Ctrl-C, SIGTERM, SIGUSR1: checkpoint and stop (stopping.py)
+        machine = set_up(train_cfg)
+        choose_cpu_threads(machine)
+        lock = runs.RunLock(run_dir) if machine.is_main else contextlib.nullcontext()
+        try:
+            with lock:  # one process per run folder, for the whole run
+                return _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, stop)
+        finally:
+            distributed.shutdown()
 
 
 @dataclass
@@ -138,7 +143,7 @@ class Run:
     mfu_per_token_s: float        # tokens/s times this is the model FLOPs utilization
 
 
-def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> dict:
+def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, stop) -> dict:
     checkpoint = runs.check_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite)  # refusals change nothing
     tokenizer = get_tokenizer(model_cfg.tokenizer, model_cfg.vocab_len)
     tracker = make_tracker(train_cfg.tracker) if machine.is_main else Tracker()  # a missing package fails early
@@ -151,6 +156,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    stop.defer(machine.dist)  # the run folder is written from here on: a signal now waits for a step boundary
     if machine.is_main:
         if overwrite and (run_dir.exists() or run_dir.is_symlink()):
             runs.clear_run(run_dir)  # refuses a link or a file
@@ -174,6 +180,9 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine) -> 
               tokenizer.bos_id, mfu_per_token_s)
     try:
         for step in range(state.step, train_cfg.max_iters):
+            if stop.agreed():  # a signal arrived: keep this step's work in a checkpoint and stop
+                raise stop.after_saving(state.step, lambda: save_resumable(run_dir, state, model, optimizers,
+                                                                           data.batches, machine))
             start = time.perf_counter()
             result = train_step(step, train_model, optimizers, data.batches, train_cfg, machine.device,
                                 machine.dtype)
@@ -226,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, ValueError, FileNotFoundError, HubUnreachableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except stopping.Stopped as e:  # what was kept and how to continue (machinery/run/stopping.py)
+        if e.message:
+            print(f"\n{e.message}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted: continue with --resume from the last checkpoint", file=sys.stderr)
+        print("\ninterrupted before the run began: nothing was written", file=sys.stderr)
         return 130
     return 0
 
