@@ -99,15 +99,16 @@ class Outcome:
     log_path: Path
 
 
-def _last_error(log_path: Path) -> str:
-    """The error line of the latest attempt in a run's log (train.py prints one 'error: ...' line)."""
+def log_error(log_path: Path, first: bool = False) -> str:
+    """The (last, or first) error line of the latest attempt in a run's log (train.py prints one 'error: ...'
+    line; the Slurm task script adds its own after it)."""
     try:
         text = log_path.read_text(errors="replace").rsplit("\n=== sweep:", 1)[-1]
     except OSError:
         return ""
     lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")] or [ln for ln in lines if "Error" in ln]
-    return (errors or lines[-1:] or [""])[-1][:300]
+    return (errors or lines[-1:] or [""])[0 if first else -1][:300]
 
 
 def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list[dict], logs_dir: Path,
@@ -146,7 +147,7 @@ def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list
                 else:
                     code = proc.returncode
                     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                    outcome = Outcome(plan, False, f"FAILED ({how}): {_last_error(log_path) or 'no output'}", log_path)
+                    outcome = Outcome(plan, False, f"FAILED ({how}): {log_error(log_path) or 'no output'}", log_path)
                 outcomes.append(outcome)
                 say(f"{plan.name}: {outcome.note}" + ("" if outcome.ok else f"; full log: {log_path}"))
     except KeyboardInterrupt:

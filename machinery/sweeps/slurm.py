@@ -23,7 +23,7 @@ from machinery import PROJECT_ROOT as ROOT
 from machinery.cli import UsageError
 from machinery.fileio import write_json, write_text
 from machinery.sweeps.definition import RunPlan, Sweep
-from machinery.sweeps.runner import TRAIN_SCRIPT, run_state, trained_dir
+from machinery.sweeps.runner import TRAIN_SCRIPT, log_error, run_state, trained_dir
 
 JOBS_FILE = "slurm_jobs.json"
 RESUMABLE = ROOT / "launch" / "slurm" / "resumable.sh"
@@ -184,7 +184,7 @@ def failures(sweep: Sweep, active: dict[str, str]) -> list[str]:
         if run in active or _done(sweep, run):
             continue
         log, out = sweep.folder / "logs" / f"{run}.log", sweep.folder / "slurm" / f"{job}_{task}.out"
-        why = _first_error(log) or _first_error(out) or "no error message (see the logs)"
+        why = log_error(log, first=True) or log_error(out, first=True) or "no message (see the logs)"
         if not log.exists() and not out.exists():
             why = f"job {job} task {task} never started (cancelled while queued?)"
         lines.append(f"{run}: {why} (log: {log}; Slurm's messages: {out})")
@@ -194,17 +194,6 @@ def failures(sweep: Sweep, active: dict[str, str]) -> list[str]:
 def _done(sweep: Sweep, run: str) -> bool:
     plan = next((p for p in sweep.runs if p.name == run), None)
     return plan is not None and run_state(plan) == "done"
-
-
-def _first_error(path: Path) -> str:
-    """The first error line of the latest attempt in a log: train.py's own `error: ...` or Slurm's message."""
-    try:
-        text = path.read_text(errors="replace").rsplit("\n=== sweep:", 1)[-1]
-    except OSError:
-        return ""
-    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")] or [ln for ln in lines if "error" in ln.lower()]
-    return errors[0][:300] if errors else ""
 
 
 def print_status(sweep: Sweep) -> int:
