@@ -90,6 +90,12 @@ def parse_args(argv: list[str]) -> tuple[ComparisonOptions, list[str]] | None:
                          "see --help")
     if options.out is None:
         raise UsageError("--out=DIR is required: the folder the plots and the table are written to")
+    out = Path(options.out)
+    if out.is_symlink():
+        raise UsageError(f"--out={out} is a symbolic link: give the folder itself (nothing is written through a link)")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out={out} is a file, not a folder: give a folder for the plots and the table (it is "
+                         f"created if it does not exist)")
     return options, runs
 
 

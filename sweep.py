@@ -8,12 +8,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 from machinery.cli import UsageError, build, print_help_if_asked, split_args
-from machinery.sweeps.definition import Sweep, saved_mismatches
+from machinery.run.runs import RunLock
+from machinery.sweeps.definition import Sweep, saved_mismatches, sweeps_dir
 from machinery.sweeps.grid import parse_grid, parse_variant
 from machinery.sweeps.report import DEFAULT_BPB_TEXTS, write_report
 from machinery.sweeps.runner import run_all, run_state, slots, trained_dir
@@ -36,6 +38,9 @@ On a Slurm cluster, --launcher=slurm submits the runs still to train as one job 
 --parallel at once, --threads CPUs and, unless --device=cpu, one GPU each; --sbatch_args="--partition=... --time=..."
 for the rest) and returns (--wait: waits, then reports). Submitting again skips finished and queued runs and
 resumes the others; --report also says which runs are queued and which failed, with their logs. docs/cluster.md"""
+
+
+MAX_SEEDS = 100  # seeds per variant: a few already tell noise from an effect
 
 
 @dataclass
@@ -74,11 +79,21 @@ class SweepOptions:
     def seed_list(self) -> list[int]:
         try:
             if "," in self.seeds:
-                return [int(s) for s in self.seeds.split(",") if s.strip()]
-            return list(range(int(self.seeds)))
-        except ValueError:
+                seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+            else:
+                count = int(self.seeds)
+                if not 1 <= count <= MAX_SEEDS:
+                    raise UsageError(f"--seeds={self.seeds} is invalid: a count of seeds must be 1..{MAX_SEEDS} "
+                                     f"(3 -> seeds 0, 1, 2); to give seeds themselves, separate them by commas")
+                seeds = list(range(count))
+        except ValueError as e:
+            if isinstance(e, UsageError):
+                raise
             raise UsageError(f"--seeds={self.seeds!r} is invalid: a count (3 -> seeds 0, 1, 2) or seeds like "
                              f"0,4,7") from None
+        if len(seeds) > MAX_SEEDS:
+            raise UsageError(f"--seeds gives {len(seeds)} seeds: at most {MAX_SEEDS}")
+        return seeds
 
 
 def parse_args(argv: list[str]) -> tuple[SweepOptions, Sweep | None] | None:
@@ -117,7 +132,7 @@ def check_against_saved(sweep: Sweep) -> None:
 def run(options: SweepOptions, sweep: Sweep) -> list:
     """Train what is missing (or, with --overwrite, everything) and write the report; returns the failures."""
     from machinery.fileio import write_json
-    plans = sweep.runs  # builds every run's configs: a bad field or value fails here, before any run
+    plans = sweep.runs
     if not options.overwrite:
         check_against_saved(sweep)
     states = {p.name: run_state(p) for p in plans}
@@ -157,18 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         options, sweep = parsed
         name = options.name
         sweep = sweep or Sweep.load(options.name)
-        if options.report and not options.dry_run:
-            write_report(sweep, options.bpb_texts, options.val_data)
-            print((sweep.folder / "summary.md").read_text())
-            from machinery.sweeps.slurm import print_status
-            print_status(sweep)  # a sweep submitted to Slurm: what is still queued, what failed and its logs
-            return 0
-        failed = run(options, sweep)
+        if sweep.folder.is_symlink() or (sweep.folder.exists() and not sweep.folder.is_dir()):
+            raise UsageError(f"{sweep.folder} is a symbolic link or a file: a sweep's folder must be a real folder in "
+                             f"{sweeps_dir()}, so nothing is written through it; remove it or choose another --name")
+        _ = sweep.runs  # every run's configs: a bad field or value fails here, before anything is written
+        with contextlib.nullcontext() if options.dry_run else RunLock(sweep.folder, what="sweep"):  # one at a time
+            if options.report and not options.dry_run:
+                write_report(sweep, options.bpb_texts, options.val_data)
+                print((sweep.folder / "summary.md").read_text())
+                from machinery.sweeps.slurm import print_status
+                print_status(sweep)  # a sweep submitted to Slurm: what is still queued, what failed and its logs
+                return 0
+            failed = run(options, sweep)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run `python sweep.py --name={name}` to resume", file=sys.stderr)
+        recorded = name is not None and (sweeps_dir() / name / "sweep.json").is_file()
+        print(f"\ninterrupted: run `python sweep.py --name={name}` to resume" if recorded else
+              "\ninterrupted before the sweep was recorded: nothing was started; run the same command again",
+              file=sys.stderr)
         return 130
     for o in failed:
         print(f"failed: {o}" if isinstance(o, str) else f"failed: {o.plan.name}: {o.note} (log: {o.log_path})",

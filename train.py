@@ -30,9 +30,11 @@ from machinery.cli import build_configs, describe_presets, parse_bool, print_hel
 from machinery.data.sources import HubUnreachableError
 from machinery.data.tokenizer import get_tokenizer
 from machinery.run import distributed, runs, stopping
-from machinery.run.checkpoint import latest_checkpoint, load_checkpoint, restore, save_best_weights, save_resumable
+from machinery.run.checkpoint import load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
 from machinery.run.device import peak_flops
+from machinery.run.divergence import recovery_advice
+from machinery.run.memory_probe import probe_memory
 from machinery.run.progress import Progress
 from machinery.run.run_log import RunLog
 from machinery.run.run_state import RunState
@@ -75,12 +77,14 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
             raise TrainingError("--resume=auto needs --model_name=NAME and no --overwrite: it continues that run "
                                 "if it has a checkpoint and starts it otherwise")
         resume = runs.has_checkpoint(runs.run_dir_for(overrides["model_name"]))
-        preset, base_run = (None, None) if resume else (preset, base_run)
+        if resume:  # what started the run is in its saved configs and weights
+            preset, base_run = None, None
+            overrides.pop("init_from", None)
     if resume and overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
-    if resume and (base_run or preset):
-        raise TrainingError("--resume continues a run with its own configs: drop --config/--preset "
-                            "(to branch off a run, start a new one with --config=RUN --model_name=NEW)")
+    if resume and (base_run or preset or "init_from" in overrides):
+        raise TrainingError("--resume continues a run with its own configs and weights: drop --config/--preset/"
+                            "--init_from (to branch off a run, start a new one with --config=RUN --model_name=NEW)")
     base = None
     if resume:  # the run's own configs, with any overrides on top (e.g. a larger --max_iters)
         if not overrides.get("model_name"):
@@ -156,13 +160,11 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
         machine.say(f"starting from the weights of {train_cfg.init_from}")
     train_model, optimizers = prepare_training(model, train_cfg, machine)
     state = restore(saved, model, optimizers, data.batches, machine) if saved else RunState()
+    probe_memory(train_model, model, optimizers, data.batches, train_cfg, machine)  # too big: one line, no folder
     stop.defer(machine.dist)  # the run folder is written from here on: a signal now waits for a step boundary
-    if machine.is_main:
-        if overwrite and (run_dir.exists() or run_dir.is_symlink()):
-            runs.clear_run(run_dir)  # refuses a link or a file
-        runs.write_description(run_dir, model_cfg, train_cfg)
-        tracker.start(run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()},
-                      state.step if resume else None)
+    if machine.is_main:  # replace (--overwrite), describe, start the tracker; a failed new run leaves no folder
+        runs.open_run_folder(run_dir, model_cfg, train_cfg, resume, overwrite, lambda: tracker.start(
+            run_dir, {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}, state.step if resume else None))
     log = RunLog.resume(run_dir / "log_data.csv", state.step) if resume else RunLog(run_dir / "log_data.csv")
     T, world = model_cfg.max_seq_len, machine.dist.world_size
     tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * T * world
@@ -193,9 +195,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
                 save_resumable(run_dir, state, model, optimizers, data.batches, machine)
     except NonFiniteStep as e:
-        raise TrainingError(f"the run stopped: {e}, so the update was not applied. The last good checkpoint is "
-                            f"{latest_checkpoint(run_dir) or 'none yet'}. Try a lower --lr_max, --grad_clip=1, "
-                            f"or --dtype=float32; then --resume") from None
+        raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") from None
     finally:
         progress.close()
         tracker.finish()

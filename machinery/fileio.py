@@ -9,6 +9,7 @@ Imports nothing from the project: config-free, so data/, training/ and tools.py 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -33,8 +34,23 @@ def reported_writes(path: Path):
     except WriteError:
         raise
     except OSError as e:
-        raise WriteError(f"could not write {path}: {e.strerror or e}; the previous version (if any) "
-                         f"is untouched. Free space or fix permissions, then run again") from None
+        raise WriteError(f"could not write {path}: {e.strerror or e}; the previous version (if any) is untouched. "
+                         f"{_what_to_do(path, e)}") from None
+
+
+def _what_to_do(path: Path, error: OSError) -> str:
+    """A full disk names the disk and what is left on it; anything else (permissions, a read-only disk) says so."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return "Fix the permissions (or the path), then run again"
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB are free there"
+    except OSError:
+        free = "its free space is unknown"
+    return (f"Free space on the disk that holds {folder} ({free}; old runs, exports and token caches are what "
+            f"this project keeps), then run again")
 
 
 def atomic_write(path: Path, write) -> None:

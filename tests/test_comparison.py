@@ -273,6 +273,14 @@ def test_cli_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert mc.main([good]) == 2 and "--out=DIR is required" in capsys.readouterr().err
+    # --out that is a file, a link or a dangling link: one line naming it, nothing written through it
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "a_link").symlink_to(tmp_path / "elsewhere")
+    for out, words in (("a_file", "is a file, not a folder"), ("a_link", "is a symbolic link")):
+        assert mc.main([good, f"--out={tmp_path / out}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--out={tmp_path / out} {words}" in err, err
+    assert (tmp_path / "a_file").read_text() == "mine" and not (tmp_path / "elsewhere").exists()
     # the real process: exit code 2, one line, no traceback
     proc = subprocess.run([sys.executable, "model_comparison.py", "no_such_run", "--out", str(tmp_path / "o")],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)

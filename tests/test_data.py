@@ -370,3 +370,24 @@ def test_batches_on_cuda():
     batch = next(TokenBatches(TOKENS, 4, 16, seed=0, device="cuda", doc_masking=True, bos_id=0))
     assert batch.inputs.is_cuda and batch.targets.is_cuda and batch.doc_ids.is_cuda
     assert torch.equal(batch.targets.cpu(), batch.inputs.cpu() + 1)
+
+
+@pytest.mark.parametrize("where", ["the dataset", "a split file in a folder"])
+def test_a_fifo_as_dataset_is_one_line_naming_it(tmp_path, where, monkeypatch, capsys):
+    """Today a FIFO named .txt was called 'empty' and one inside a folder blocked the run forever."""
+    import train
+    if where == "the dataset":
+        dataset = fifo = tmp_path / "stories.txt"
+    else:
+        dataset = tmp_path / "data"
+        dataset.mkdir()
+        fifo = dataset / "train.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"is a named pipe \(FIFO\), not a data file"):
+        list(iter_documents(str(dataset), "train"))
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(tmp_path / "trained"))
+    assert train.main([f"--dataset={dataset}", f"--cache_dir={tmp_path / 'cache'}", "--dim=32", "--num_layers=1",
+                       "--tokenizer=byte", "--max_iters=1", "--warmup_iters=0", "--device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{fifo} is a named pipe (FIFO)" in err and "Traceback" not in err
+    assert not list((tmp_path / "trained").glob("*"))  # no run folder (nor lock file) left

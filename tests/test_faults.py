@@ -319,6 +319,8 @@ FULL_DISK_AT = {  # where the disk fills up: (object, attribute to replace, only
     "checkpoint state": (torch, "save", None),
     "run log": (os, "replace", "log_data.csv"),
     "run description": (os, "replace", "model_config.json"),
+    "training curves": (os, "replace", "training_curves.png"),
+    "best weights": (os, "replace", "/run/model.safetensors"),
 }
 
 
@@ -335,9 +337,13 @@ def test_full_disk_is_one_line_and_keeps_the_checkpoints(env, where, monkeypatch
 
     monkeypatch.setattr(owner, attr, fill_up)
     assert train.main(args(max_iters=12) + ["--resume"]) == 2
-    one_line_error(capsys, "No space left on device")
+    line = one_line_error(capsys, "No space left on device", "MB are free there", "then run again")
     monkeypatch.setattr(owner, attr, real)
-    assert latest_checkpoint(trained / "run").name == "step_8"
+    newest = latest_checkpoint(trained / "run")  # step_8, or step_12 when the disk filled up after it
+    assert newest.name == ("step_12" if where == "training curves" else "step_8")
+    # names the file, and what --resume will do once there is space (true: it does so just below)
+    assert f"could not write {trained / 'run'}" in line
+    assert line.endswith(f"{newest}; continue with: python train.py --model_name=run --resume"), line
     no_temp_files(trained)
     assert train.main(args(max_iters=12) + ["--resume"]) == 0  # space freed: the run goes on
 
@@ -401,3 +407,55 @@ def test_stale_temp_files_are_gone_after_the_next_run(env, base):
     (cache / ".tokens.bin.x8.tmp").write_bytes(b"x")
     assert train.main(args(max_iters=12) + ["--resume"]) == 0
     no_temp_files(trained, base / "cache")
+
+
+# --- 11. a run's files are its own: links and odd files inside a run folder are refused by every reader -----
+RUN_ENTRIES = ["model_config.json", "train_config.json", "model.safetensors", "log_data.csv", "checkpoints",
+               "tensorboard"]
+
+
+def _readers(trained: Path, args, out: Path) -> dict:
+    import export_hf
+    import inference
+    import model_comparison
+    return {
+        "tools.load_model": lambda: tools.load_model("run"),
+        "inference": lambda: inference.main(["run", "Once"]),
+        "comparison": lambda: model_comparison.main(["run", f"--out={out / 'cmp'}", "--val_data=None"]),
+        "export": lambda: export_hf.main(["run", str(out / "export")]),
+        "train --resume": lambda: train.main(args(max_iters=12) + ["--resume"]),
+        "train --config": lambda: train.main([f"--config={trained / 'run'}", "--model_name=child"]),
+    }
+
+
+@pytest.mark.parametrize("entry", RUN_ENTRIES + ["log_data.csv as a FIFO"])
+def test_a_link_or_odd_file_inside_a_run_is_refused_by_every_reader(env, tmp_path, entry, capsys):
+    trained, args = env
+    run = trained / "run"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if entry.endswith("FIFO"):
+        entry = "log_data.csv"
+        (run / entry).unlink()
+        os.mkfifo(run / entry)  # reading it would block forever
+    else:
+        if not (run / entry).exists():
+            (run / entry).mkdir()
+        shutil.move(run / entry, outside / entry)
+        (run / entry).symlink_to(outside / entry)
+    before = sorted((str(p), p.lstat().st_size) for p in tmp_path.rglob("*") if not p.is_dir())
+    for name, read in _readers(trained, args, tmp_path / "results").items():
+        try:
+            result = read()
+        except ValueError as e:  # the Python API (tools.load_model) raises; the command lines print one line
+            assert name == "tools.load_model", name
+            message = str(e)
+        else:
+            assert result == 2, name
+            err = capsys.readouterr().err
+            assert "Traceback" not in err, err
+            message = err.strip().splitlines()[-1]
+        assert str(run / entry) in message and ("symbolic link" in message or "not a regular" in message), \
+            (name, message)
+    after = sorted((str(p), p.lstat().st_size) for p in tmp_path.rglob("*") if not p.is_dir())
+    assert after == before and not (tmp_path / "results").exists() and not (trained / "child").exists()

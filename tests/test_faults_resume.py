@@ -70,13 +70,13 @@ def test_non_finite_gradient_is_never_applied_nor_saved(sample_data, data_cache,
 
         def poison(grad):
             calls["n"] += 1
-            return grad * math.inf if calls["n"] >= 5 else grad
+            return grad * math.inf if calls["n"] >= 6 else grad  # (the first backward is the memory probe's)
         model.token_embedding.weight.register_hook(poison)
         return model
 
     monkeypatch.setattr(train, "build_model", build_with_poisoned_gradient)
     last = refused(tiny_args(sample_data, data_cache, grad_clip=0, max_iters=12, checkpoint_interval=1, eval_interval=1),
-                   capsys, "the update was not applied", "last good checkpoint")
+                   capsys, "the update was not applied", "was saved while the loss was still falling")
     run = trained_dir / "run"
     good = latest_checkpoint(run)
     assert good is not None and str(good) in last and good.name == "step_4"
@@ -238,3 +238,93 @@ def test_out_of_memory_at_model_build_is_one_line(sample_data, data_cache, train
     monkeypatch.setattr(setup, "Model", no_memory)
     refused(tiny_args(sample_data, data_cache), capsys, "out of memory building the model", "dim=32")
     assert not (trained_dir / "run").exists()
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                   RuntimeError("MPS backend out of memory (MPS allocated: 17.5 GB)")],
+                         ids=["cuda", "mps"])
+def test_a_micro_batch_that_does_not_fit_is_one_line_before_the_run_folder(error, sample_data, data_cache,
+                                                                            trained_dir, capsys, monkeypatch):
+    """The probe (machinery/run/memory_probe.py) runs one micro-batch before the folder is made; on a CPU an
+    out-of-memory is rare, so it is simulated where the probe runs the model."""
+    import contextlib
+
+    import machinery.run.memory_probe as probe
+
+    @contextlib.contextmanager
+    def no_memory(device, dtype):
+        raise error
+        yield
+    monkeypatch.setattr(probe, "autocast", no_memory)
+    refused(tiny_args(sample_data, data_cache, micro_batch_size=4), capsys, "one micro-batch does not fit in memory",
+            "micro_batch_size=4", "--grad_accum_steps", "nothing was written")
+    assert not (trained_dir / "run").exists()
+
+
+def test_wandb_online_without_a_key_is_one_line_and_leaves_no_run(sample_data, data_cache, trained_dir, tmp_path,
+                                                                  capsys, monkeypatch):
+    pytest.importorskip("wandb", reason="--tracker=wandb needs wandb (requirements-optional.txt)")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved login
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    refused(tiny_args(sample_data, data_cache, tracker="wandb", max_iters=2), capsys,
+            "--tracker=wandb could not start with WANDB_MODE=online", "wandb login")
+    assert not (trained_dir / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["unwritable", "a file"])
+def test_a_tensorboard_folder_that_cannot_be_written_is_one_line(how, finished_run, trained_dir, capsys,
+                                                                monkeypatch):
+    """A new run: no folder is left. A resumed one: nothing changes (its train_config.json included)."""
+    pytest.importorskip("tensorboard", reason="--tracker=tensorboard needs tensorboard (requirements-optional.txt)")
+    import torch.utils.tensorboard
+
+    def permission_denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    if how == "unwritable":  # (the tests run as root, whom chmod does not stop)
+        monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", permission_denied)
+        refused(finished_run[:-1] + ["--model_name=new", "--tracker=tensorboard"], capsys,
+                "--tracker=tensorboard cannot write to", "Permission denied")
+        assert not (trained_dir / "new").exists()
+        words = ["Permission denied"]
+    else:
+        (trained_dir / "run" / "tensorboard").write_text("not a folder")
+        words = ["tensorboard is not a regular folder"]
+    before = snapshot(trained_dir)
+    refused(finished_run + ["--resume", "--max_iters=6", "--tracker=tensorboard"], capsys, *words)
+    assert snapshot(trained_dir) == before
+
+
+# --- 11. after divergence, the advice names a checkpoint that does not diverge again ------------------------
+def test_divergence_advice_names_the_checkpoint_before_the_rise_and_following_it_works(sample_data, data_cache,
+                                                                                       trained_dir, capsys,
+                                                                                       tmp_path):
+    """lr 1e6: the loss jumps at step 2 (its checkpoint is written) and is NaN at step 3. --resume alone would go
+    back to step_2, already on the way up; the advice names step_1 and says to move step_2 away. Done that, a
+    lower lr continues from step_1."""
+    args = tiny_args(sample_data, data_cache, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
+                     checkpoint_interval=1, eval_interval=1)
+    last = refused(args, capsys, "the run stopped")
+    run = trained_dir / "run"
+    assert latest_checkpoint(run).name == "step_2"
+    assert f"is {run / 'checkpoints' / 'step_1'}: move step_2 out of {run / 'checkpoints'}" in last, last
+    (run / "checkpoints" / "step_2").rename(tmp_path / "step_2")
+    code = train.main(args + ["--resume", "--lr_max=3e-3", "--lr_min=3e-4", "--grad_clip=1", "--max_iters=4"])
+    assert code == 0, capsys.readouterr().err
+    assert "resuming run from step 1" in capsys.readouterr().out
+
+
+def test_divergence_advice_says_when_no_checkpoint_is_good(tmp_path):
+    from machinery.run.checkpoint import save_checkpoint
+    from machinery.run.divergence import recovery_advice
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, torch.nn.Linear(2, 2), {"step": step})
+    (tmp_path / "log_data.csv").write_text("step,val_loss\n1,5.0\n2,6.0\n3,7.0\n4,nan\n")
+    assert recovery_advice(tmp_path).startswith("No checkpoint was saved while the loss was still finite and falling "
+                                                "(step_4, step_2 came after the loss stopped falling): start again "
+                                                "with --overwrite")
+    (tmp_path / "log_data.csv").write_text("step,val_loss\n1,5.0\n2,4.0\n3,7.0\n4,nan\n")
+    assert f"is {tmp_path / 'checkpoints' / 'step_2'}: move step_4 out" in recovery_advice(tmp_path)

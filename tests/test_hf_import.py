@@ -139,3 +139,51 @@ def test_missing_biases_and_norm_scales_export_as_zeros_and_ones(changes, tmp_pa
         expected = model(ids)[0]
         assert (hf(ids).logits - expected).abs().max().item() <= 1e-5
         assert (again(ids)[0] - expected).abs().max().item() <= 1e-6  # imported with the ones and zeros
+
+
+ROPE_SCALING_SPELLINGS = {
+    "rope_scaling type": dict(rope_scaling={"type": "linear", "factor": 2.0}),
+    "rope_scaling rope_type": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "rope_parameters": dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}),
+    "both keys, scaling in the second": dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4},
+                                             rope_scaling={"type": "dynamic", "factor": 2.0}),
+    "a factor without a type": dict(rope_scaling={"factor": 2.0}),
+    "per attention type": dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                                "sliding_attention": {"rope_type": "linear", "factor": 2.0}}),
+}
+
+
+@pytest.mark.parametrize("spelling", list(ROPE_SCALING_SPELLINGS))
+def test_rope_scaling_is_refused_by_name_in_every_spelling(spelling, tmp_path):
+    """Importing a scaled-RoPE model as plain RoPE would give other logits without a word; today the second key of
+    'both keys' was never read."""
+    config = {**TINY_LLAMA, "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+              **ROPE_SCALING_SPELLINGS[spelling]}
+    config.pop("rope_theta")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="RoPE scaling"):
+        hf_import.read_config(tmp_path)
+
+
+def test_plain_rope_in_every_spelling_is_imported_with_its_theta(tmp_path):
+    for extra in ({"rope_theta": 5e5}, {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}},
+                  {"rope_scaling": None, "rope_theta": 5e5},
+                  {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5}}}):
+        config = {**TINY_LLAMA, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        config.pop("rope_theta")
+        (tmp_path / "config.json").write_text(json.dumps({**config, **extra}))
+        assert hf_import.read_config(tmp_path)[0].theta == 5e5, extra
+
+
+def test_resume_with_init_from_is_refused_like_config(tmp_path, monkeypatch, capsys):
+    """Today --resume --init_from=X was accepted, ignored, and written into train_config.json."""
+    trained = tmp_path / "trained"
+    monkeypatch.setenv("TEMPLATEGPT_TRAINED_DIR", str(trained))
+    import shutil
+    shutil.copytree(tools.ROOT / "trained" / "gpt2_atto", trained / "run")
+    before = (trained / "run" / "train_config.json").read_text()
+    assert train.main(["--model_name=run", "--resume", "--init_from=llama3_atto"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume continues a run with its own configs and weights" in err and "--init_from" in err
+    assert (trained / "run" / "train_config.json").read_text() == before

@@ -185,3 +185,21 @@ def test_good_settings_pass():
     SamplingConfig(temperature=0.7, top_k=1, top_p=1.0, min_p=0.0, seed=0)
     SamplingConfig(temperature=2, top_k=50, top_p=0.9, min_p=1.0, seed=2 ** 63 - 1)
     assert SamplingConfig(temperature=0).greedy and not SamplingConfig().greedy
+
+
+@pytest.mark.parametrize("p", [1e-50, 1e-300, 5e-324])
+def test_a_tiny_top_p_keeps_the_top_token(p):
+    """p underflows to 0 in float32: today every token was dropped and torch sampled from NaN."""
+    logits = torch.tensor([[2.0, 1.0, 0.5], [0.1, 3.0, -1.0]])
+    kept = top_p_filter(logits, p)
+    assert torch.equal(torch.isfinite(kept), torch.tensor([[True, False, False], [False, True, False]]))
+    draws = sample(logits, SamplingConfig(temperature=1.0, top_p=p, min_p=None, seed=0))
+    assert draws.tolist() == [0, 1]
+
+
+def test_inference_with_a_tiny_top_p_is_greedy(capsys):
+    import inference
+    assert inference.main(["llama3_atto", "Once upon a time", "--top_p=1e-50", "--max_new_tokens=8"]) == 0
+    sampled = capsys.readouterr().out
+    assert inference.main(["llama3_atto", "Once upon a time", "--temperature=0", "--max_new_tokens=8"]) == 0
+    assert sampled == capsys.readouterr().out

@@ -175,3 +175,26 @@ def test_a_second_signal_while_saving_leaves_the_checkpoint_whole(twin, tmp_path
     assert checkpoint.name == "step_5" and json.loads((checkpoint / "checksums.json").read_text())["step"] == 5
     assert not list(trained.rglob("*.tmp"))
     resume_and_compare(trained, "run", 5, twin[0], twin[1], monkeypatch)
+
+
+def test_under_torchrun_one_process_getting_the_signal_stops_all_at_one_step(twin, tmp_path):
+    """Slurm or a spot machine may signal only some processes: the others learn it at the next step boundary,
+    and every process takes part in the checkpoint (a collective: it would hang if one had stopped alone)."""
+    trained = tmp_path / "trained"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = start([*launcher, "train.py", *args(twin[1], "run")], trained)
+    try:
+        wait_for(trained / "run" / "log_data.csv", proc)
+        children = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        rank_1 = next(pid for pid in children if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes())
+        os.kill(rank_1, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    stopped = [line for line in err.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and stopped[0].startswith("stopped by SIGUSR1 at step "), err[-3000:]
+    step = int(stopped[0].split(" at step ")[1].split(":")[0])
+    assert latest_checkpoint(trained / "run").name == f"step_{step}"
+    assert "torchrun (as before) train.py --model_name=run --resume" in stopped[0]
+    assert "exitcode  : 138" in err  # torchrun's report (it ends the other process once one has exited)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,14 @@ def test_list_form_changes_several_fields_and_combines_with_a_grid():
     (["--grid=qk_norm=true", "--seeds=x"], "--seeds='x' is invalid"),
     (["--grid=qk_norm=true", "--parallel=0"], "--parallel=0 is invalid"),
     (["--name=a/b", "--grid=qk_norm=true"], "--name='a/b' is invalid"),
+    (["--grid=qk_norm=true", "--seeds=-1"], "--seeds=-1 is invalid: a count of seeds must be 1..100"),
+    (["--grid=qk_norm=true", "--seeds=100000000"], "a count of seeds must be 1..100"),
+    (["--grid=qk_norm=true", f"--seeds={','.join(map(str, range(101)))}"], "at most 100"),
+    ([f"--grid=lr_max={','.join(f'{i}e-4' for i in range(1, 11))}", "--grid=dim=32,64,96,128",
+      "--grid=num_layers=1,2,3,4,5,6,7,8,9,10", "--seeds=3"], "would train 1,200 runs"),
+    ([f"--grid={f}={','.join(str(v) for v in range(2, 12))}" for f in
+      ("num_layers", "dim", "max_seq_len", "micro_batch_size", "max_iters", "eval_interval", "warmup_iters",
+       "checkpoint_interval", "log_interval", "eval_batches")], "would train 30,000,000,000 runs"),
 ])
 def test_bad_input_fails_before_any_run(argv, message, tmp_path, monkeypatch, capsys, no_training):
     _point_dirs(monkeypatch, tmp_path)
@@ -277,3 +286,64 @@ def test_model_comparison_shows_a_sweep(killed_sweep, monkeypatch, capsys, no_tr
     assert "| `qk` | 2 |" in out and "Welch" in out
     assert model_comparison.main(["--sweep=nope"]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
+
+
+# --- a sweep is one process's at a time, and its record is its own ----------------------------------------------
+@pytest.fixture
+def sweep_copy(killed_sweep, tmp_path, monkeypatch) -> Path:
+    """The killed sweep's trained/ and sweeps/ copied to tmp_path (tests here change them)."""
+    for name in ("trained", "sweeps"):
+        shutil.copytree(killed_sweep["root"] / name, tmp_path / name)
+    _point_dirs(monkeypatch, tmp_path)
+    return tmp_path
+
+
+def test_a_second_sweep_process_is_refused_naming_the_first(sweep_copy, killed_sweep, capsys):
+    """Today each of the two reported the other's runs as FAILED."""
+    env = dict(os.environ, TEMPLATEGPT_TRAINED_DIR=str(sweep_copy / "trained"),
+               TEMPLATEGPT_SWEEPS_DIR=str(sweep_copy / "sweeps"), OMP_NUM_THREADS="1")
+    more = [a for a in killed_sweep["args"] if a != "--seeds=2"] + ["--seeds=3"]  # two new runs to train
+    first = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), *more], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = sweep_copy / "sweeps" / ".t.lock"
+        deadline = time.time() + 120
+        while not (lock.is_file() and f"pid {first.pid}" in lock.read_text()) and time.time() < deadline:
+            assert first.poll() is None, "the first sweep ended early"
+            time.sleep(0.05)
+        for argv in (more, ["--name=t"], ["--name=t", "--report"]):
+            assert sweep.main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"sweep {sweep_copy / 'sweeps' / 't'} is in use by pid {first.pid}" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+
+
+def test_a_copied_sweep_folder_is_refused_and_the_original_untouched(sweep_copy, capsys, no_training):
+    """Today a copy reported into the original's folder (sweep.json names the sweep)."""
+    sweeps = sweep_copy / "sweeps"
+    shutil.copytree(sweeps / "t", sweeps / "t_copy")
+    original = {p.name: p.read_bytes() for p in (sweeps / "t").iterdir() if p.is_file()}
+    for argv in (["--name=t_copy"], ["--name=t_copy", "--report"]):
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "records the sweep 't'" in err and "--name=t" in err and err.count("\n") == 1, err
+    (sweeps / "t_link").symlink_to(sweeps / "t")
+    assert sweep.main(["--name=t_link", "--report"]) == 2
+    assert "t_link is a symbolic link" in capsys.readouterr().err
+    assert sweep.main(["--name=t_link", "--variant=base:", *tiny(sweep_copy / "cache")]) == 2  # a new definition
+    assert "t_link is a symbolic link or a file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (sweeps / "t").iterdir() if p.is_file()} == original
+
+
+def test_a_recorded_sweep_is_loaded_only_by_a_plain_name_in_sweeps(sweep_copy, capsys, no_training):
+    import model_comparison
+    outside = sweep_copy / "elsewhere"
+    shutil.copytree(sweep_copy / "sweeps" / "t", outside / "t")
+    for name in ("../elsewhere/t", str(outside / "t"), "t/../t"):
+        assert sweep.main([f"--name={name}", "--report"]) == 2
+        assert "is not a sweep name" in capsys.readouterr().err
+        assert model_comparison.main([f"--sweep={name}"]) == 2
+        assert "is not a sweep name" in capsys.readouterr().err
+    assert not (outside / "t" / ".." / ".t.lock").exists() and sorted(os.listdir(outside)) == ["t"]

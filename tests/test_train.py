@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(sample_data, data_cache
     assert train.main(tiny_args(sample_data, data_cache, lr_max=1e6, lr_min=1e5, grad_clip=0, max_iters=40,
                                 checkpoint_interval=1, eval_interval=1)) == 2
     err = capsys.readouterr().err
-    assert "the run stopped" in err and "last good checkpoint" in err
+    assert "the run stopped" in err and "while the loss was still finite and falling" in err
     kept = latest_checkpoint(trained_dir / "run")
     assert kept is not None
     state = torch.load(kept / "state.pt", weights_only=True)

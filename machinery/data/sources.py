@@ -12,6 +12,7 @@ continuous .txt document (nanoGPT's Shakespeare split), else a seeded random sub
 from __future__ import annotations
 
 import logging
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -59,6 +60,9 @@ def _format_of(files: list[Path], where: str) -> str:
 def _folder_splits(folder: Path) -> dict:
     """Split -> data files, inferred from file names exactly as `datasets` does (train.*, validation.*)."""
     from datasets.data_files import DataFilesDict, get_data_patterns
+    for entry in folder.iterdir():  # `datasets` skips pipes and devices without a word: name them
+        if entry.suffix.lower() in FORMATS and entry.exists() and not (entry.is_file() or entry.is_dir()):
+            raise ValueError(_not_a_file(entry, str(folder)))
     try:
         patterns = get_data_patterns(str(folder))
     except Exception as e:  # EmptyDatasetError: no files at all
@@ -91,6 +95,8 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
                          f"{dataset!r} is a local path; pass --data_subset=None")
     if path.is_dir():
         files = _folder_splits(path)
+    elif not path.is_file():
+        raise ValueError(_not_a_file(path, dataset))
     elif path.suffix.lower() in FORMATS:
         files = {"train": [path]}
     else:
@@ -98,10 +104,22 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
                          f"supported: {', '.join(FORMATS)} files, or a folder of them")
     for split_files in files.values():
         for f in split_files:
+            if not f.is_file():
+                raise ValueError(_not_a_file(f, dataset))
             if f.stat().st_size == 0:
                 raise ValueError(f"dataset file {f} is empty")
     formats = {s: _format_of(fs, f"split {s!r} of {dataset!r}") for s, fs in files.items()}
     return Source(name=dataset, path=path, files=files, formats=formats)
+
+
+def _not_a_file(path: Path, dataset: str) -> str:
+    """Why a dataset path that exists is no data file: a FIFO or a device would block or never end."""
+    mode = path.stat().st_mode
+    kind = next((name for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+                 if test(mode)), "not a regular file")
+    return (f"dataset {dataset!r}: {path} is {kind}, not a data file (it could be read only once, or never end): "
+            f"give a regular .txt, .jsonl/.json or .parquet file, or a folder of them")
 
 
 def has_validation_split(dataset: str | Source, data_subset: Optional[str] = None) -> bool:

@@ -17,6 +17,9 @@ from machinery.generation.decode_step import COMPILE_MODES, decode_fixed_slots, 
 from machinery.generation.sampling import SamplingConfig, sample
 
 
+MAX_SAMPLES = 1024  # continuations per prompt, all decoded in one batch
+
+
 @dataclass
 class GenerationConfig:
     """How much to generate, and how."""
@@ -31,6 +34,9 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if self.num_samples > MAX_SAMPLES:  # each sample is a row of one batch: memory grows with it
+            raise ValueError(f"num_samples={self.num_samples} is more than {MAX_SAMPLES} continuations per prompt: "
+                             f"ask for at most {MAX_SAMPLES} (run again for more)")
         if not isinstance(self.use_cache, bool):
             raise ValueError(f"use_cache={self.use_cache!r} must be True or False")
         if self.compile not in COMPILE_MODES:

@@ -83,6 +83,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the more likely tokens
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # the top token always stays (a tiny p, 0 in float32, would drop every token)
     drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, -math.inf)
 

@@ -53,13 +53,33 @@ def hf_config(cfg: ModelConfig) -> dict:
     }
 
 
+def plain_rope_theta(hf: dict) -> float:
+    """RoPE's theta, refusing RoPE scaling in any of its spellings: rope_scaling (transformers 4: 'type' or
+    'rope_type'), rope_parameters (transformers 5, also one dict per attention type), a 'factor' without a type,
+    and both keys at once (reading only one of them would import a scaled model as plain RoPE)."""
+    thetas = {float(hf["rope_theta"])} if hf.get("rope_theta") is not None else set()
+    for key in ("rope_scaling", "rope_parameters"):
+        value = hf.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}={value!r} is not understood; only plain RoPE is supported")
+        for params in [v for v in value.values() if isinstance(v, dict)] or [value]:
+            kind = params.get("rope_type", params.get("type", "default"))
+            factor = params.get("factor", 1.0)
+            if kind != "default" or factor not in (1, None):
+                raise ValueError(f"{key} asks for RoPE scaling (rope_type={kind!r}, factor={factor!r}), which is "
+                                 f"not supported; only plain RoPE is")
+            if params.get("rope_theta") is not None:
+                thetas.add(float(params["rope_theta"]))
+    if len(thetas) > 1:
+        raise ValueError(f"config.json gives several RoPE thetas {sorted(thetas)}; one model has one theta")
+    return thetas.pop() if thetas else 10_000.0
+
+
 def model_fields(hf: dict) -> dict:
     """ModelConfig fields from a Llama config.json; ValueError naming anything we cannot run exactly."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"rope_type={rope_type!r} (RoPE scaling) is not supported; only plain RoPE is")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    theta = plain_rope_theta(hf)
     act = hf.get("hidden_act", "silu")
     if act not in IMPORT_ACTIVATIONS:
         raise ValueError(f"hidden_act={act!r} is not supported (supported: {', '.join(IMPORT_ACTIVATIONS)})")

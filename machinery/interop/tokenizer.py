@@ -88,5 +88,6 @@ def write(tokenizer: Tokenizer, out_dir: Path, max_len: int) -> None:
     """tokenizer.json and tokenizer_config.json in out_dir (a fresh folder: plain writes)."""
     import json
     out_dir = Path(out_dir)
-    build(tokenizer).save(str(out_dir / "tokenizer.json"))
+    # to_str + a Python write (not .save): a full disk is then an OSError that export reports in one line
+    (out_dir / "tokenizer.json").write_text(build(tokenizer).to_str(pretty=True), encoding="utf-8")
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tokenizer, max_len), indent=2) + "\n")

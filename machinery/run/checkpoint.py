@@ -116,6 +116,12 @@ def _damage(folder: Path, read_contents: bool) -> str | None:
     return None
 
 
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every step folder with both files, newest first (sizes and checksums not checked)."""
+    root = checkpoint_root(run_dir)
+    return [(step, f) for step, f in _step_folders(root) if _missing(f) is None] if root.is_dir() else []
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint (both files there, at the sizes written), or None if there is none.
 
@@ -200,12 +206,18 @@ def load_checkpoint(path: Path, model: torch.nn.Module) -> dict:
 
 # --- what train.py saves and restores ----------------------------------------------------------------
 def restore(saved: dict, model, optimizers: list, batches, machine) -> RunState:
-    """Optimizers, data position and RNG from a checkpoint's state (its weights are already in `model`)."""
+    """Optimizers, data position and RNG from a checkpoint's state (its weights are already in `model`). The
+    optimizers keep the hyperparameters they were built with (lr_max, weight_decay, betas, ...: a resumed run may
+    change them) and take only their state (moments, step counts) from the checkpoint."""
+    settings = [[{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups] for opt in optimizers]
     try:
         distributed.load_optimizer_states(model, optimizers, saved["optimizers"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise TrainingError(f"the checkpoint's optimizer state does not fit this optimizer ({type(e).__name__}: "
                             f"{str(e)[:200]}): resume with the run's own optimizer settings") from None
+    for opt, groups in zip(optimizers, settings):
+        for group, built in zip(opt.param_groups, groups):
+            group.update(built)  # load_state_dict put the checkpoint's hyperparameters there
     state = RunState.from_dict(saved)
     batches.load_state_dict(state.data[machine.dist.rank])
     state.restore_rng(machine.device)
@@ -232,9 +244,9 @@ def save_resumable(run_dir: Path, state: RunState, model, optimizers: list, batc
     weights, optimizer_states = distributed.full_state_dicts(model, optimizers, machine.dist)
     bad = non_finite(weights) + non_finite(optimizer_states, "optimizer")
     if bad:
+        from machinery.run.divergence import recovery_advice
         raise TrainingError(f"at step {state.step} {len(bad)} tensor(s) hold inf/NaN (e.g. {bad[0]}): the checkpoint "
-                            f"was not saved. The last good one is {latest_checkpoint(run_dir) or 'none yet'}. Try a "
-                            f"lower --lr_max or --grad_clip=1, then --resume")
+                            f"was not saved. {recovery_advice(run_dir)}")
     if machine.is_main:
         save_checkpoint(run_dir, state.step, model, {**state.to_dict(), "optimizers": optimizer_states}, weights)
     distributed.barrier(machine.dist)

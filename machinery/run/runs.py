@@ -18,12 +18,14 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 from config import RUN_NAME, ModelConfig, TrainConfig
 from machinery import PROJECT_ROOT as ROOT
 from machinery.fileio import remove_stale_temps, reported_writes, write_json
+from machinery.own_folders import check_replaceable, remove_own_folder
 from machinery.run.checkpoint import latest_checkpoint
 from machinery.run.setup import TrainingError
 
@@ -80,9 +82,32 @@ def resolve_run(name_or_path: str | Path) -> Path:
         if not path.is_dir():
             runs = ", ".join(list_runs()) or "(none yet: train one with python train.py)"
             raise FileNotFoundError(f"no model named {text!r} in {trained_dir()}; models there: {runs}")
+    check_run_files(path)
     if not (path / MODEL_CONFIG).is_file():
+        if (path / TRAIN_CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is an incomplete run: it has {TRAIN_CONFIG} but no {MODEL_CONFIG} (its "
+                                    f"start was interrupted) and no weights; start it again with the train.py "
+                                    f"command that made it plus --overwrite")
         raise FileNotFoundError(f"{path} is not a run folder: it has no {MODEL_CONFIG}")
     return path
+
+
+# A run's own files and folders: each must be a real one inside the run folder, never a link to elsewhere
+RUN_FILES = (MODEL_CONFIG, TRAIN_CONFIG, "model.safetensors", "log_data.csv", "training_curves.png")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run whose configs, weights, log or tracker folders are symbolic links or not regular files
+    (folders): nothing of a run is read or written through a link, which could lead anywhere."""
+    for name in RUN_FILES + RUN_FOLDERS:
+        path = Path(run_dir) / name
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}): a run's files must be its own, "
+                             f"so nothing is read or written through it; put the real "
+                             f"{'folder' if name in RUN_FOLDERS else 'file'} there instead of the link")
+        if path.exists() and not (path.is_dir() if name in RUN_FOLDERS else path.is_file()):
+            raise ValueError(f"{path} is not a regular {'folder' if name in RUN_FOLDERS else 'file'}: move it away")
 
 
 # --- the run's description -------------------------------------------------------------------------------
@@ -93,10 +118,33 @@ def write_description(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainCon
     write_json(Path(run_dir) / MODEL_CONFIG, model_cfg.to_dict())
 
 
+def open_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool, overwrite: bool,
+                    start_tracker) -> None:
+    """Make the run folder ready to train into: replace it (--overwrite), write its description, start the
+    tracker (start_tracker()). A resumed run starts its tracker before its description changes; a new run that
+    fails here (a tracker that cannot start, a full disk) is removed again, since this process wrote all of it:
+    a failed start leaves no half run in the way of the next try."""
+    run_dir = Path(run_dir)
+    if resume:
+        start_tracker()
+        write_description(run_dir, model_cfg, train_cfg)
+        return
+    if overwrite and run_dir.exists():
+        clear_run(run_dir)
+    try:
+        write_description(run_dir, model_cfg, train_cfg)
+        start_tracker()
+    except Exception:
+        if run_dir.is_dir() and not run_dir.is_symlink():
+            shutil.rmtree(run_dir, ignore_errors=True)  # ours: created a moment ago (or emptied by --overwrite)
+        raise
+
+
 def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     """The configs saved with a run (fields added since then take their defaults). A run whose description is
     incomplete (one file missing) is refused: guessing the other half would train or sample the wrong run."""
     run_dir = Path(run_dir)
+    check_run_files(run_dir)
     missing = [name for name in (MODEL_CONFIG, TRAIN_CONFIG) if not (run_dir / name).is_file()]
     if missing:
         raise ValueError(f"the description of run {run_dir} is incomplete: {' and '.join(missing)} missing "
@@ -110,19 +158,9 @@ def load_configs(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
 
 
 def clear_run(run_dir: Path) -> None:
-    """Empty a run folder for --overwrite (the caller holds its lock). model_config.json goes first, so a
-    kill half-way leaves a folder that is no longer a run rather than a mix of two runs."""
-    run_dir = Path(run_dir)
-    if run_dir.is_symlink() or not run_dir.is_dir():
-        raise ValueError(f"{run_dir} is not a real run folder (a link or a file): --overwrite only replaces "
-                         f"run folders; remove it yourself")
-    with reported_writes(run_dir):
-        (run_dir / MODEL_CONFIG).unlink(missing_ok=True)
-        for entry in run_dir.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    """Delete a run folder for --overwrite (the caller holds its lock): only a run (or an empty folder), never a
+    link, a file or a folder holding anything else of value (machinery/own_folders.py)."""
+    remove_own_folder(run_dir, "run")
 
 
 # --- one training process per run ------------------------------------------------------------------------
@@ -131,7 +169,8 @@ class RunLockedError(ValueError):
 
 
 class RunLock:
-    """An exclusive lock on a run folder, held while a training process writes it:
+    """An exclusive lock on a run folder, held while a training process writes it (and on a sweep's folder,
+    held by sweep.py: RunLock(folder, what="sweep")):
 
         with RunLock(run_dir):
             ...train...
@@ -140,8 +179,8 @@ class RunLock:
     lock file left behind by a dead process is simply taken over. The file records pid and host for the
     message a second process gets. Taking the lock also removes temp files that killed writes left."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir, self._file = Path(run_dir), None
+    def __init__(self, run_dir: Path, what: str = "run"):
+        self.run_dir, self.what, self._file = Path(run_dir), what, None  # what: 'run', or 'sweep' (sweep.py)
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
 
     def acquire(self) -> "RunLock":
@@ -159,8 +198,8 @@ class RunLock:
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
                     handle.close()
-                    raise RunLockedError(f"run {self.run_dir} is in use by {holder}: wait for it to finish or "
-                                         f"stop it first (two processes would interleave its files)") from None
+                    raise RunLockedError(f"{self.what} {self.run_dir} is in use by {holder}: wait for it to "
+                                         f"finish or stop it first (two processes would interleave its files)") from None
                 try:  # the previous holder may have deleted the file between our open and our lock
                     same = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
                 except FileNotFoundError:
@@ -170,7 +209,9 @@ class RunLock:
                 handle.close()
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200] if sys.argv and sys.argv[0] else "python"
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                         f"({command})")
             handle.flush()
         self._file = handle
         for folder in (self.run_dir, self.run_dir / "checkpoints"):
@@ -223,9 +264,10 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
     """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not
     continue the same run. Returns the checkpoint to resume from (None for a fresh start)."""
     if not resume:
-        if (run_dir.exists() or run_dir.is_symlink()) and not overwrite:
-            raise TrainingError(f"{run_dir} already exists: add --resume to continue it, --overwrite to replace "
-                                f"it, or choose another --model_name")
+        check_replaceable(run_dir, "run")  # only a run may be replaced: never a link, a file or anything else
+        if run_dir.exists() and not overwrite:
+            raise TrainingError(f"{run_dir} already exists: {_what_can_be_done(run_dir)}, or choose another "
+                                f"--model_name")
         return None
     if overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
@@ -243,3 +285,18 @@ def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConf
         raise TrainingError(f"{run_dir} has no complete checkpoint to resume from, so --resume changed nothing. "
                             f"Start it again with --overwrite (this replaces it) or choose another --model_name")
     return checkpoint
+
+
+def _what_can_be_done(run_dir: Path) -> str:
+    """The options that really work on an existing run folder (check_replaceable has passed)."""
+    missing = [name for name in (MODEL_CONFIG, TRAIN_CONFIG) if not (run_dir / name).is_file()]
+    if len(missing) == 2:
+        return "it is an empty folder: --overwrite uses it"
+    if missing:
+        return f"its description is incomplete ({missing[0]} missing), so it cannot be resumed: --overwrite replaces it"
+    try:
+        resumable = latest_checkpoint(run_dir) is not None
+    except ValueError:
+        resumable = True  # damaged: --resume names it and the older one to use
+    return ("add --resume to continue it, --overwrite to replace it" if resumable else
+            "it has no checkpoint to resume from: --overwrite replaces it")

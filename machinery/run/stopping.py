@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from machinery.fileio import WriteError
+
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
@@ -151,6 +153,8 @@ def kept(run_dir: Path, dist=None) -> str:
         newest = latest_checkpoint(run_dir) if Path(run_dir).is_dir() else None
     except ValueError as e:
         return f"its newest checkpoint is damaged ({e})"
+    if newest is None and not Path(run_dir).is_dir():
+        return f"no run folder was left at {run_dir}; run the same command again"
     if newest is None:
         return (f"{run_dir} has no checkpoint yet, so --resume cannot continue it: start it again with "
                 f"--overwrite (this replaces it)")
@@ -174,5 +178,9 @@ def on_signals(run_dir: Path):
         yield stop
     except KeyboardInterrupt as e:
         raise stop.explain(e) from None
+    except WriteError as e:  # a full disk while writing the run: say what --resume can do once there is space
+        if not stop.deferred:
+            raise
+        raise WriteError(f"{e}: {kept(run_dir, stop._dist)}") from None
     finally:
         stop.restore()

@@ -37,12 +37,16 @@ class TensorBoardTracker(Tracker):
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ValueError("--tracker=tensorboard needs the tensorboard package: pip install tensorboard") from None
-        # purge_step: a resumed run first hides the rows logged after its checkpoint, which it logs again
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
-                                    purge_step=None if resume_step is None else resume_step + 1)
-        for name, values in configs.items():  # markdown: indented lines are a code block
-            text = "\n".join("    " + line for line in json.dumps(values, indent=2).splitlines())
-            self.writer.add_text(f"config/{name}", text, global_step=0)
+        log_dir = Path(run_dir) / "tensorboard"
+        try:  # purge_step: a resumed run first hides the rows logged after its checkpoint, which it logs again
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=None if resume_step is None else resume_step + 1)
+            for name, values in configs.items():  # markdown: indented lines are a code block
+                text = "\n".join("    " + line for line in json.dumps(values, indent=2).splitlines())
+                self.writer.add_text(f"config/{name}", text, global_step=0)
+            self.writer.flush()  # writes the event file now: a folder it cannot write fails here, before training
+        except OSError as e:
+            raise ValueError(f"--tracker=tensorboard cannot write to {log_dir} ({e.strerror or e}): make it a "
+                             f"writable folder, or train with --tracker=none") from None
 
     def log(self, row):
         step = int(row["step"])
@@ -61,11 +65,15 @@ class WandbTracker(Tracker):
             import wandb
         except ImportError:
             raise ValueError("--tracker=wandb needs the wandb package: pip install wandb") from None
-        run_dir = Path(run_dir)
-        self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "templateGPT"), name=run_dir.name, dir=str(run_dir),
-            config=configs, mode=os.environ.get("WANDB_MODE", "offline"),  # offline: no network, no account
-            settings=wandb.Settings(console="off"))  # leave stdout alone (tqdm, our own lines)
+        run_dir, mode = Path(run_dir), os.environ.get("WANDB_MODE", "offline")  # offline: no network, no account
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "templateGPT"), name=run_dir.name,
+                                  dir=str(run_dir), config=configs, mode=mode,
+                                  settings=wandb.Settings(console="off"))  # leave stdout alone (tqdm, our lines)
+        except Exception as e:  # wandb's own errors (no API key, no network) have no common base but Exception
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--tracker=wandb could not start with WANDB_MODE={mode} ({first_line}): log in "
+                             f"(wandb login, or WANDB_API_KEY), or unset WANDB_MODE to log offline") from None
 
     def log(self, row):
         self.run.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))

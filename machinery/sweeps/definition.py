@@ -4,6 +4,7 @@ and the seeds. It is kept in sweeps/<name>/sweep.json, so a re-run can tell whet
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +14,9 @@ from config import MODEL_FIELDS, PRESETS, RENAMED_FIELDS, ModelConfig, TrainConf
 from machinery import PROJECT_ROOT as ROOT
 from machinery.cli import build_configs, parse_value
 from machinery.sweeps.grid import NAME_RE, Variant, check_field, expand
+
+
+MAX_RUNS = 1000  # runs in one sweep (variants x seeds)
 
 
 def sweeps_dir() -> Path:
@@ -63,6 +67,10 @@ class Sweep:
             raise ValueError(f"--preset={self.preset!r} is unknown; presets are: {', '.join(PRESETS)}")
         for key in self.fixed:
             check_field(key, f"--{key}")
+        runs = max(len(self.named), 1) * math.prod(len(values) for _, values in self.grids) * len(self.seeds)
+        if runs > MAX_RUNS:  # counted before anything is expanded: a typo'd grid must not plan for minutes
+            raise ValueError(f"this sweep would train {runs:,} runs (variants x seeds), more than {MAX_RUNS:,}: "
+                             f"narrow the grid or split it into several sweeps")
         swept = {k for k, _ in self.grids} | {k for _, s in self.named for k in s}
         both = sorted(swept & set(self.fixed))
         if both:
@@ -129,15 +137,30 @@ class Sweep:
 
     @classmethod
     def load(cls, name: str) -> "Sweep":
-        path = sweeps_dir() / name / "sweep.json"
+        """The sweep recorded in sweeps/<name>/sweep.json: a plain name, a real folder and file inside sweeps/,
+        and a record that names this folder (a copied or renamed folder would report into the original's)."""
+        if not isinstance(name, str) or not NAME_RE.match(name) or "__" in name:
+            raise ValueError(f"--name={name!r} is not a sweep name: a recorded sweep is loaded by the plain name of "
+                             f"its folder in {sweeps_dir()} (letters, digits, '_', '.', '-'; no '/' or '__')")
+        folder = sweeps_dir() / name
+        path = folder / "sweep.json"
+        for entry in (folder, path):
+            if entry.is_symlink():
+                raise ValueError(f"{entry} is a symbolic link: a sweep's record must be a real folder and file in "
+                                 f"{sweeps_dir()}, so nothing is read or written through a link")
         if not path.is_file():
             known = sorted(p.parent.name for p in sweeps_dir().glob("*/sweep.json"))
             raise FileNotFoundError(f"no sweep named {name!r} in {sweeps_dir()}; sweeps there: "
                                     f"{', '.join(known) or '(none yet)'}")
         try:
-            return cls.from_json(json.loads(path.read_text()))
+            sweep = cls.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is corrupt ({e}): run the sweep command again with --overwrite") from None
+        if sweep.name != name:
+            raise ValueError(f"{path} records the sweep {sweep.name!r}: this folder is a copy of it (or was "
+                             f"renamed), and its runs are trained/{sweep.name}__*. Use --name={sweep.name}, or give "
+                             f"the sweep's settings again with --overwrite to make {name!r} a sweep of its own")
+        return sweep
 
 
 def saved_mismatches(run_dir: Path, expected: dict) -> list[str]:

@@ -150,12 +150,15 @@ def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list
                     outcome = Outcome(plan, False, f"FAILED ({how}): {log_error(log_path) or 'no output'}", log_path)
                 outcomes.append(outcome)
                 say(f"{plan.name}: {outcome.note}" + ("" if outcome.ok else f"; full log: {log_path}"))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # each run saves a checkpoint of its current step and stops (train.py on SIGTERM)
         for proc in running:
             proc.terminate()
+        if running:
+            say(f"waiting for {len(running)} run(s) to save a checkpoint and stop (Ctrl-C again stops them at once: "
+                f"their previous checkpoints stay)")
         for proc in running:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=300)
             except subprocess.TimeoutExpired:
                 proc.kill()
         raise
