@@ -4,6 +4,7 @@
     python sweep.py --name=act --variant="swiglu:" --variant="gelu:mlp_nonlinearity=GeLU,mlp_gated=false"
     python sweep.py --name=qk                # continue a recorded sweep (after a crash, Ctrl-C or kill -9)
     python sweep.py --name=qk --report       # rebuild its report only
+    python sweep.py --name=qk --grid="qk_norm=false,true" ... --launcher=slurm --parallel=8   # a Slurm job array
 """
 from __future__ import annotations
 
@@ -34,8 +35,13 @@ Re-running the same command skips finished runs, resumes interrupted ones exactl
 changed grid or --seeds asks for. A re-run may leave out what it keeps: the recorded preset, shared settings,
 variants and seeds fill in (`--name=NAME --seeds=5` adds two seeds). Changed shared settings are refused
 (naming only those that differ) unless --overwrite (every run retrained with the settings as updated);
-runs from changed code are refused, naming the files, unless --allow_code_change. Exit code: 0 all runs finished, 1 some failed (each is reported; the others ran),
-2 bad command line or a refusal."""
+runs from changed code are refused, naming the files, unless --allow_code_change. Exit code: 0 all runs
+finished, 1 some failed (each is reported; the others ran), 2 bad command line or a refusal.
+
+On a Slurm cluster, --launcher=slurm submits the runs still to train as one job array (one task per run, at most
+--parallel at once, --threads CPUs and, unless --device=cpu, one GPU each; --sbatch_args="--partition=... --time=..."
+for the rest) and returns (--wait: waits, then reports). Submitting again skips finished and queued runs and
+resumes the others; --report also says which runs are queued and which failed, with their logs. docs/cluster.md"""
 
 
 MAX_SEEDS = 100  # seeds per variant: a few already tell noise from an effect
@@ -48,7 +54,10 @@ class SweepOptions:
     seeds: str = "3"                    # a count (3 -> seeds 0, 1, 2) or the seeds themselves: 0,4,7
     # --- how it runs ---
     parallel: int = 1                   # trainings at once; CPU: the cores are split between them, GPUs: one each
-    threads: int = 0                    # CPU threads per run; 0 = cores // parallel
+    threads: int = 0                    # CPU threads per run; 0 = cores // parallel (slurm: 1 CPU per task)
+    launcher: str = "local"             # local: train here; slurm: submit one job array (docs/cluster.md)
+    sbatch_args: str = ""               # slurm: options for sbatch, e.g. "--partition=gpu --time=4:00:00"
+    wait: bool = False                  # slurm: wait for the job array, then report (as a local sweep does)
     overwrite: bool = False             # retrain every run from scratch (needed when the shared settings changed)
     allow_code_change: bool = False     # add runs made from code other than the sweep's recorded code (marked)
     dry_run: bool = False               # list the runs and what would happen to each, then stop
@@ -63,6 +72,14 @@ class SweepOptions:
         for key, minimum in (("parallel", 1), ("threads", 0), ("bpb_texts", 0)):
             if getattr(self, key) < minimum:
                 raise UsageError(f"--{key}={getattr(self, key)} is invalid: must be an integer >= {minimum}")
+        if self.launcher not in ("local", "slurm"):
+            raise UsageError(f"--launcher={self.launcher!r} is unknown: local (the default) or slurm")
+        if self.launcher == "slurm" and not (self.report or self.dry_run):
+            if self.overwrite:
+                raise UsageError("--overwrite cannot be combined with --launcher=slurm (a requeued task would "
+                                 "retrain from scratch): give the sweep a new --name")
+            from machinery.sweeps.slurm import require_sbatch
+            require_sbatch()  # before anything is written
 
     def seed_list(self) -> list[int]:
         try:
@@ -152,6 +169,13 @@ def run(options: SweepOptions, sweep: Sweep) -> list:
             print(f"  {states[p.name]:8s} {p.name}  [{p.variant.describe()}; seed {p.seed}]")
         return []
     write_json(sweep.folder / "sweep.json", sweep.to_json())
+    if options.launcher == "slurm":  # one job array instead of local processes (machinery/sweeps/slurm.py)
+        from machinery.sweeps.slurm import launch
+        failed = launch(sweep, todo, options)
+        if options.wait:
+            write_report(sweep, options.bpb_texts, options.val_data)
+            print((sweep.folder / "summary.md").read_text())
+        return failed
     outcomes = []
     if todo:
         envs = slots(min(options.parallel, len(todo)), plans[0].device, options.threads or None)
@@ -178,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             if options.report and not options.dry_run:
                 write_report(sweep, options.bpb_texts, options.val_data)
                 print((sweep.folder / "summary.md").read_text())
+                from machinery.sweeps.slurm import print_status
+                print_status(sweep)  # a sweep submitted to Slurm: what is still queued, what failed and its logs
                 return 0
             failed = run(options, sweep)
     except (ValueError, FileNotFoundError) as e:
@@ -190,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     for o in failed:
-        print(f"failed: {o.plan.name}: {o.note} (log: {o.log_path})", file=sys.stderr)
-    if not options.dry_run:
+        print(f"failed: {o}" if isinstance(o, str) else f"failed: {o.plan.name}: {o.note} (log: {o.log_path})",
+              file=sys.stderr)
+    if not options.dry_run and (options.launcher == "local" or options.wait):
         print(f"report: {sweep.folder / 'summary.md'}")
     return 1 if failed else 0
 

@@ -50,6 +50,8 @@ RUN_FLAGS = """Run options (not saved with the run):
     --config=RUN        start a new run from a saved run's configs (a name in trained/ or a folder)
     --resume            continue --model_name=NAME from its last checkpoint (training settings may change,
                         the architecture may not)
+    --resume=auto       continue --model_name=NAME if it has a checkpoint, else start it (for jobs that a
+                        scheduler may restart: the same command starts and continues the run)
     --overwrite         replace an existing run folder
 
 Stopping: Ctrl-C (SIGINT), SIGTERM or SIGUSR1 (Slurm: --signal=USR1@120) finish the current step, save a
@@ -67,8 +69,18 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
     if positional:
         raise TrainingError(f"unexpected argument(s) {positional}: settings are given as --key=value")
     preset, base_run = overrides.pop("preset", None), overrides.pop("config", None)
-    resume = parse_bool(overrides.pop("resume", "false"), "resume")
+    resume = overrides.pop("resume", "false")
+    auto = str(resume).lower() == "auto"
+    resume = False if auto else parse_bool(resume, "resume")
     overwrite = parse_bool(overrides.pop("overwrite", "false"), "overwrite")
+    if auto:  # a checkpoint decides; the settings that started the run then go on top of its saved configs
+        if overwrite or not overrides.get("model_name"):
+            raise TrainingError("--resume=auto needs --model_name=NAME and no --overwrite: it continues that run "
+                                "if it has a checkpoint and starts it otherwise")
+        resume = runs.has_checkpoint(runs.run_dir_for(overrides["model_name"]))
+        if resume:  # what started the run is in its saved configs and weights
+            preset, base_run = None, None
+            overrides.pop("init_from", None)
     if resume and overwrite:
         raise TrainingError("--resume continues a run and --overwrite deletes it: give one of them")
     if resume and (base_run or preset or "init_from" in overrides):
@@ -95,7 +107,10 @@ def parse_args(argv: list[str]) -> tuple[ModelConfig, TrainConfig, Path, bool, b
     if train_cfg.model_name is None:
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         train_cfg = dataclasses.replace(train_cfg, model_name=f"{preset or 'custom'}_{stamp}")
-    return model_cfg, train_cfg, runs.run_dir_for(train_cfg.model_name), resume, overwrite  # refuses links
+    run_dir = runs.run_dir_for(train_cfg.model_name)  # refuses links
+    if auto and not resume and run_dir.exists():  # this very run, killed before its first checkpoint
+        overwrite = runs.restartable(run_dir, model_cfg, train_cfg)
+    return model_cfg, train_cfg, run_dir, resume, overwrite
 
 
 # --- the run ---------------------------------------------------------------------------------------------

@@ -71,13 +71,14 @@ def test_two_processes_follow_single_process_curve(parallel, single_run, shared_
 
 def test_two_process_run_resumes_exactly(shared_data_module, cache, tmp_path):
     trained = tmp_path / "trained"
-    args = settings(shared_data_module, cache, micro_batch_size=4, model_name="multi")
+    args = settings(shared_data_module, cache, micro_batch_size=4, model_name="multi", checkpoint_interval=2)
     run(args, trained, procs=2)
     run_dir = trained / "multi"
     full_log = read_log(run_dir)
-    # roll the run back to its step-3 checkpoint, as if it had died after writing it
-    (run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"step": 3, "dir": "step_3"}))
+    # roll the run back to its step-4 checkpoint, as if it had died after writing it: between two evaluations,
+    # so each process's share of the interval's training loss must come back (the row at step 6 averages it)
+    (run_dir / "checkpoints" / "latest.json").write_text(json.dumps({"step": 4, "dir": "step_4"}))
     shutil.rmtree(run_dir / "checkpoints" / "step_6")
     out = run(args + ["--resume"], trained, procs=2)
-    assert "resuming multi from step 3" in out.stdout
+    assert "resuming multi from step 4" in out.stdout
     assert deterministic(read_log(run_dir)) == deterministic(full_log)

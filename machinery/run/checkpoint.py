@@ -221,6 +221,8 @@ def restore(saved: dict, model, optimizers: list, batches, machine) -> RunState:
     state = RunState.from_dict(saved)
     batches.load_state_dict(state.data[machine.dist.rank])
     state.restore_rng(machine.device)
+    if len(state.interval_losses) == machine.dist.world_size:  # (older checkpoints kept rank 0's alone)
+        state.interval_loss = state.interval_losses[machine.dist.rank]
     state.interval_loss = state.interval_loss.to(machine.device)
     return state
 
@@ -237,6 +239,7 @@ def save_resumable(run_dir: Path, state: RunState, model, optimizers: list, batc
     """checkpoints/step_<N>/: weights and optimizers gathered whole, the run state with every process's data
     position. Refused (nothing written) when any weight or optimizer number is not finite."""
     state.data = distributed.gather(batches.state_dict(), machine.dist)
+    state.interval_losses = distributed.gather(state.interval_loss.detach().cpu(), machine.dist)  # each its own
     state.capture_rng(machine.device)
     weights, optimizer_states = distributed.full_state_dicts(model, optimizers, machine.dist)
     bad = non_finite(weights) + non_finite(optimizer_states, "optimizer")

@@ -19,6 +19,7 @@ class RunState:
     best_val: float = math.inf  # best validation loss so far: model.safetensors holds those weights
     # since the last evaluation (a checkpoint may fall between two evaluations)
     interval_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sum of step losses
+    interval_losses: list = field(default_factory=list)  # every process's interval_loss, in a checkpoint
     interval_steps: int = 0
     interval_tokens: int = 0
     interval_s: float = 0.0

@@ -241,6 +241,31 @@ class RunLock:
         self.release()
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run has a checkpoint to resume from (a damaged one counts: --resume names it)."""
+    try:
+        return latest_checkpoint(run_dir) is not None
+    except ValueError:
+        return True
+
+
+def restartable(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> bool:
+    """--resume=auto on a folder without a checkpoint: True (start it again) when it is this very run, killed
+    before its first checkpoint; any other folder is refused, so auto never replaces a different or finished run."""
+    saved_model, saved_train = load_configs(run_dir)  # an incomplete description is refused, naming the fix
+    changed = [f"{name}: {old!r} -> {new!r}" for saved, cfg in ((saved_model, model_cfg), (saved_train, train_cfg))
+               for name, old in saved.to_dict().items() if old != (new := cfg.to_dict()[name])]
+    if changed:
+        raise TrainingError(f"{run_dir} exists without a checkpoint and was started with other settings "
+                            f"({'; '.join(changed[:3])}): --resume=auto does not replace it. Give another "
+                            f"--model_name, or --overwrite to replace it")
+    from machinery.run.run_log import RunLog
+    if any(int(r["step"]) >= train_cfg.max_iters for r in RunLog.resume(run_dir / "log_data.csv", 2**62).rows):
+        raise TrainingError(f"{run_dir} already reached max_iters={train_cfg.max_iters} and has no checkpoint to "
+                            f"continue from: it is finished (--overwrite trains it again)")
+    return True
+
+
 def check_run_folder(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool,
                      overwrite: bool) -> Path | None:
     """Refuse, before anything changes, a start that would replace a run unasked or a resume that would not

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from machinery.run.runs import trained_dir
+from machinery.run.runs import has_checkpoint, trained_dir
 from machinery.sweeps.definition import ROOT, RunPlan
 
 TRAIN_SCRIPT = ROOT / "train.py"
@@ -42,15 +42,7 @@ def run_state(plan: RunPlan) -> str:
         return "new"
     if logged_steps(run_dir) >= plan.max_iters and (run_dir / "model.safetensors").is_file():
         return "done"
-    return "resume" if _has_checkpoint(run_dir) else "restart"
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    from machinery.run.checkpoint import latest_checkpoint  # the one definition of a complete checkpoint
-    try:
-        return latest_checkpoint(run_dir) is not None
-    except ValueError:  # a damaged one: train.py --resume names it and says what to do
-        return True
+    return "resume" if has_checkpoint(run_dir) else "restart"
 
 
 def train_command(plan: RunPlan, state: str, preset: str | None) -> list[str]:
@@ -102,15 +94,16 @@ class Outcome:
     log_path: Path
 
 
-def _last_error(log_path: Path) -> str:
-    """The error line of the latest attempt in a run's log (train.py prints one 'error: ...' line)."""
+def log_error(log_path: Path, first: bool = False) -> str:
+    """The (last, or first) error line of the latest attempt in a run's log (train.py prints one 'error: ...'
+    line; the Slurm task script adds its own after it)."""
     try:
         text = log_path.read_text(errors="replace").rsplit("\n=== sweep:", 1)[-1]
     except OSError:
         return ""
     lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")] or [ln for ln in lines if "Error" in ln]
-    return (errors or lines[-1:] or [""])[-1][:300]
+    return (errors or lines[-1:] or [""])[0 if first else -1][:300]
 
 
 def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list[dict], logs_dir: Path,
@@ -149,7 +142,7 @@ def run_all(todo: list[tuple[RunPlan, str]], preset: str | None, slot_envs: list
                 else:
                     code = proc.returncode
                     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                    outcome = Outcome(plan, False, f"FAILED ({how}): {_last_error(log_path) or 'no output'}", log_path)
+                    outcome = Outcome(plan, False, f"FAILED ({how}): {log_error(log_path) or 'no output'}", log_path)
                 outcomes.append(outcome)
                 say(f"{plan.name}: {outcome.note}" + ("" if outcome.ok else f"; full log: {log_path}"))
     except KeyboardInterrupt:  # each run saves a checkpoint of its current step and stops (train.py on SIGTERM)
