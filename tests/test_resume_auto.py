@@ -10,7 +10,7 @@ import pytest
 
 import train
 from tests.helpers import deterministic, read_log
-from tests.test_train import data_cache, tiny_args, trained_dir  # noqa: F401 (fixtures)
+from tests.test_train import data_cache, tiny_args  # noqa: F401 (fixtures; trained_dir is conftest.py's)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
