@@ -30,6 +30,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One token cache for the tiny runs (tokenizing the sample takes longer than training on it)."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
 @pytest.fixture
 def trained_dir(tmp_path, monkeypatch) -> Path:
     """A private trained/ for the runs a test makes (machinery/run/runs.py reads the variable at every call)."""

@@ -62,3 +62,13 @@ def run_notebook(name: str, folder: Path = ROOT, timeout: int = 300):
     nb = nbformat.read(folder / name, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
     return nb
+
+
+def tiny_args(sample_data: Path, cache: Path, name: str = "run", **extra) -> list[str]:
+    """A ~30k-parameter model on the TinyStories sample; a few seconds per run on 2 cores."""
+    settings = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, tokenizer="bpe_tinyStories",
+                    vocab_len=512, dataset=str(sample_data / "tinystories"), cache_dir=str(cache),
+                    micro_batch_size=4, max_iters=12, eval_interval=3, eval_batches=2, checkpoint_interval=4,
+                    warmup_iters=2, lr_max=3e-3, lr_min=3e-4, dtype="float32", device="cpu", model_name=name)
+    settings.update(extra)
+    return [f"--{k}={v}" for k, v in settings.items()]

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 import train
 from machinery.run.checkpoint import latest_checkpoint
 from tests.conftest import SAMPLE_DATA
-from tests.test_train import ROOT, data_cache, tiny_args  # noqa: F401 (fixtures)
+from tests.helpers import tiny_args
+from tests.test_train import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

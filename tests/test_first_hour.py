@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from config import TrainConfig
 from machinery import PROJECT_ROOT as ROOT

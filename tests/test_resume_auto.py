@@ -9,8 +9,7 @@ import shutil
 import pytest
 
 import train
-from tests.helpers import deterministic, read_log
-from tests.test_train import data_cache, tiny_args  # noqa: F401 (fixtures; trained_dir is conftest.py's)
+from tests.helpers import deterministic, read_log, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

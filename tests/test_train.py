@@ -19,26 +19,10 @@ import train
 from machinery.run import runs
 from machinery.run.checkpoint import latest_checkpoint
 from machinery.run.run_log import COLUMNS
-from tests.helpers import deterministic, read_log
+from tests.helpers import deterministic, read_log, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "tests" / "baselines" / "loss_curve.json"
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """One token cache for the tiny runs (tokenizing the sample takes longer than training on it)."""
-    return tmp_path_factory.mktemp("token_cache")
-
-
-def tiny_args(sample_data: Path, cache: Path, name: str = "run", **extra) -> list[str]:
-    """A ~30k-parameter model on the TinyStories sample; a few seconds per run on 2 cores."""
-    settings = dict(dim=32, num_layers=2, num_q_heads=4, num_kv_heads=2, max_seq_len=32, tokenizer="bpe_tinyStories",
-                    vocab_len=512, dataset=str(sample_data / "tinystories"), cache_dir=str(cache),
-                    micro_batch_size=4, max_iters=12, eval_interval=3, eval_batches=2, checkpoint_interval=4,
-                    warmup_iters=2, lr_max=3e-3, lr_min=3e-4, dtype="float32", device="cpu", model_name=name)
-    settings.update(extra)
-    return [f"--{k}={v}" for k, v in settings.items()]
 
 
 def test_run_folder_holds_everything(sample_data, data_cache, trained_dir):
