@@ -68,11 +68,14 @@ def variants(model, new_tokens: int):
         return lambda rows: generate_ids(model, rows, greedy, options)
 
     def theirs(hf, **kwargs):
+        # eos ignored as ours does (eos_id=None): it may be generated and does not stop the row. min_new_tokens
+        # would instead forbid eos and change the tokens of a model that emits it within new_tokens
+        hf.generation_config.eos_token_id = None
         @torch.inference_mode()
         def run(rows):
             ids = torch.tensor(rows)
             out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, pad_token_id=0, **kwargs)
+                              pad_token_id=0, **kwargs)
             return out[:, ids.shape[1]:].tolist()
         return run
 
