@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, run_script, split_args
 
 
 @dataclass
@@ -63,33 +63,31 @@ def parse_args(argv: list[str]) -> tuple[EvaluateOptions, list[str]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        parsed = parse_args(sys.argv[1:] if argv is None else argv)
-        if parsed is None:
-            return 0
-        options, names = parsed
-        from machinery.evaluation import harness
-        from machinery.run import runs
-        run_dirs = [runs.resolve_run(name) for name in names]  # every run found before any work
-        manager = harness.task_manager(options.task_list)
-        harness.check_tasks(options.task_list, manager)
-        from lm_eval.utils import make_table
-        for run_dir in run_dirs:
-            output, records = harness.evaluate_run(
-                run_dir, options.task_list, manager, limit=options.limit, num_fewshot=options.num_fewshot,
-                batch_size=options.batch_size, device=options.device, save=options.save,
-                cache_root=options.export_cache)
-            print(f"== {run_dir.name}")
-            print(make_table(output))
-            if options.save:
-                written = ", ".join(f"eval/{record['task']}.json" for record in records)
-                print(f"wrote {written} in {run_dir}")
-    except (ValueError, OSError, RuntimeError) as e:  # unknown run or task, missing weights, offline hub, ...
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_script("evaluate.py", lambda: evaluate(sys.argv[1:] if argv is None else argv))
+
+
+def evaluate(argv: list[str]) -> None:
+    """Each task on each run: the harness's table on stdout, one result file per task in trained/<run>/eval/."""
+    parsed = parse_args(argv)
+    if parsed is None:  # --help was printed
+        return
+    options, names = parsed
+    from machinery.evaluation import harness
+    from machinery.run import runs
+    run_dirs = [runs.resolve_run(name) for name in names]  # every run found before any work
+    manager = harness.task_manager(options.task_list)
+    harness.check_tasks(options.task_list, manager)
+    from lm_eval.utils import make_table
+    for run_dir in run_dirs:
+        output, records = harness.evaluate_run(
+            run_dir, options.task_list, manager, limit=options.limit, num_fewshot=options.num_fewshot,
+            batch_size=options.batch_size, device=options.device, save=options.save,
+            cache_root=options.export_cache)
+        print(f"== {run_dir.name}")
+        print(make_table(output))
+        if options.save:
+            written = ", ".join(f"eval/{record['task']}.json" for record in records)
+            print(f"wrote {written} in {run_dir}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from config import DEVICES, DTYPES
-from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, build, print_help_if_asked, reject_unknown, run_script, split_args
 from machinery.generation import GenerationConfig, SamplingConfig, generate
 from machinery.validation import Validated
 
@@ -129,19 +129,12 @@ def run(model_name: str, prompts: list[str], sampling: SamplingConfig, options: 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success; 2 with a one-line message on stderr for bad input (never a traceback)."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def sample():
         parsed = parse_args(argv)
-        if parsed is not None:
+        if parsed is not None:  # None: --help was printed
             run(*parsed)
-    except UsageError as e:
-        print(f"inference.py: error: {e} (python inference.py --help shows the options)", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, RuntimeError) as e:  # unknown model, bad weights, prompt too long, device
-        print(f"inference.py: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_script("inference.py", sample, usage_hint=" (python inference.py --help shows the options)")
 
 
 if __name__ == "__main__":

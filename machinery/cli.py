@@ -31,6 +31,23 @@ class UsageError(ValueError):
     """A command-line problem the user can fix: printed as `error: ...` without a traceback, exit code 2."""
 
 
+def run_script(script: str, action, usage_hint: str = "") -> int:
+    """The exit code of a script's work, action(): 0 when it is done; 2 with one line `SCRIPT: error: ...` on
+    stderr for a problem the user can fix (a bad option, an unknown run, missing or damaged weights, an
+    unreachable hub), never a traceback; 130 on Ctrl-C. usage_hint follows the message of a UsageError."""
+    try:
+        action()
+    except UsageError as e:
+        print(f"{script}: error: {e}{usage_hint}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def parse_bool(text: str, name: str = "value") -> bool:
     """The one bool parser: true/false, 1/0, yes/no, on/off (any case)."""
     low = str(text).strip().lower()
