@@ -44,7 +44,9 @@ def refused(argv: list[str], capsys, *words: str) -> str:
 # --- 1. --resume with nothing to resume from ----------------------------------------------------------
 def test_resume_without_checkpoint_refuses_and_changes_nothing(trained_dir, capsys):
     """The shipped runs have no checkpoints: --resume must not retrain them from step 0."""
-    shutil.copytree(ROOT / "trained" / "llama3_atto", trained_dir / "llama3_atto")
+    # as shipped: the checkpoints/ and eval/ of a local retraining or evaluation are not in a clone
+    shutil.copytree(ROOT / "trained" / "llama3_atto", trained_dir / "llama3_atto",
+                    ignore=shutil.ignore_patterns("checkpoints", "eval"))
     before = snapshot(trained_dir)
     refused(["--model_name=llama3_atto", "--resume"], capsys, "no complete checkpoint", "changed nothing")
     assert snapshot(trained_dir) == before

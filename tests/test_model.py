@@ -304,10 +304,14 @@ def test_model_renames_are_listed():
 
 
 @pytest.mark.parametrize("run", ["gpt2_atto", "llama3_atto"])
-def test_shipped_train_configs_with_old_field_names_still_load(run):
-    saved = json.loads((ROOT / "trained" / run / "train_config.json").read_text())
-    assert "epsilon" in saved, "the shipped runs predate the rename"
-    assert config.TrainConfig.from_dict(saved).adamw_eps == saved["epsilon"]
+def test_train_configs_with_old_field_names_still_load(run):
+    """The shipped runs' train configs as saved before epsilon became adamw_eps load as today's."""
+    saved = json.loads((ROOT / "tests" / "baselines" / "old_configs" / f"{run}_train_config.json").read_text())
+    assert "epsilon" in saved, "these configs predate the rename"
+    loaded = config.TrainConfig.from_dict(saved)
+    assert loaded.adamw_eps == saved["epsilon"]
+    today = config.TrainConfig.from_dict(json.loads((ROOT / "trained" / run / "train_config.json").read_text()))
+    assert loaded.adamw_eps == today.adamw_eps and loaded.lr_max == today.lr_max
 
 
 @pytest.mark.parametrize("run", ["gpt2_atto", "llama3_atto"])
