@@ -43,7 +43,10 @@ def run(ctx: Context, items: tuple[str, ...]) -> None:
 
 def test_cuda(ctx: Context) -> None:
     timeout = max(10.0, min(ctx.sizes["timeout_s"], ctx.time_left()))
-    command = [sys.executable, "-m", "pytest", TEST_FILE, "-q", "-p", "no:cacheprovider", "-rs"]
+    # pytest.ini's addopts run the suite on two workers (pytest-xdist), which the GPU machine does not have:
+    # cleared, and xdist blocked, so the CPU rehearsal runs this command as the GPU machine will
+    command = [sys.executable, "-m", "pytest", TEST_FILE, "-o", "addopts=", "-p", "no:xdist", "-q", "-p",
+               "no:cacheprovider", "-rs"]
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         start = time.time()
