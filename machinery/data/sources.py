@@ -130,8 +130,9 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
     path = local_path(dataset)
     if not path.exists():
         if _looks_like_path(dataset):
-            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {Path.cwd()} and in "
-                                    f"{PROJECT_ROOT}). Paths are relative to the directory you run from.")
+            where = " and in ".join(dict.fromkeys(map(str, (Path.cwd(), PROJECT_ROOT))))  # once when they are one
+            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {where}). Paths are "
+                                    f"relative to the directory you run from.")
         return Source(name=dataset, data_subset=data_subset)
     path = path.resolve()
     if data_subset is not None:
