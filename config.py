@@ -251,8 +251,6 @@ class TrainConfig(_Validated):
                                                     or not getattr(self, name)):
                 self._fail(name, "must be a non-empty string or None")
         self._int("warmup_iters", minimum=0, optional=True)
-        if self.warmup_iters is None:
-            self.warmup_iters = self.max_iters // 10
         for name in ("final_flat_iters", "num_restarts"):
             self._int(name, minimum=0)
         for name in ("compile", "deterministic", "streaming", "doc_masking", "activation_checkpointing"):
@@ -277,7 +275,7 @@ class TrainConfig(_Validated):
             self._fail("decay_restart_step", f"decay_restart_step and decay_restart_lr={self.decay_restart_lr!r} "
                                              f"are set together (--resume with resume_schedule='restart_decay' "
                                              f"sets both) or both None")
-        if self.warmup_iters + self.final_flat_iters > self.max_iters:
+        if self.warmup_steps + self.final_flat_iters > self.max_iters:
             self._fail("warmup_iters", f"warmup_iters + final_flat_iters must be <= max_iters={self.max_iters}")
         self._check_restarts()
 
@@ -286,7 +284,7 @@ class TrainConfig(_Validated):
         last at least one step (and the cycle lengths must not overflow a float)."""
         if self.num_restarts == 0:
             return
-        anneal = self.max_iters - self.warmup_iters - self.final_flat_iters
+        anneal = self.max_iters - self.warmup_steps - self.final_flat_iters
         growth = self.num_restarts * math.log(self.T_mult)  # log of the last cycle's length / the first's
         total = self.num_restarts + 1 if self.T_mult == 1 else (
             math.inf if growth > 700 else (self.T_mult ** (self.num_restarts + 1) - 1) / (self.T_mult - 1))
@@ -295,6 +293,12 @@ class TrainConfig(_Validated):
             self._fail(name, f"num_restarts={self.num_restarts} with T_mult={self.T_mult} makes the first of "
                              f"the cycles shorter than one step: {anneal} annealing steps "
                              f"(max_iters - warmup_iters - final_flat_iters) are too few")
+
+    @property
+    def warmup_steps(self) -> int:
+        """warmup_iters, or 10% of max_iters when it is None (kept None in the config, so a run started from this
+        one with another max_iters gets 10% of its own)."""
+        return self.max_iters // 10 if self.warmup_iters is None else self.warmup_iters
 
     @property
     def batch_size(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,9 +25,10 @@ def test_the_default_dataset_is_the_bundled_sample_from_any_folder(tmp_path, mon
 
 
 def test_warmup_defaults_to_a_tenth_of_the_run():
-    assert TrainConfig().warmup_iters == 100
-    assert TrainConfig(max_iters=50).warmup_iters == 5
-    assert TrainConfig(max_iters=50, warmup_iters=0).warmup_iters == 0
+    assert TrainConfig().warmup_steps == 100
+    assert TrainConfig(max_iters=50).warmup_steps == 5
+    assert TrainConfig(max_iters=50, warmup_iters=0).warmup_steps == 0
+    assert dataclasses.replace(TrainConfig(), max_iters=50).warmup_steps == 5  # None stays None: 10% of the new length
 
 
 def test_train_py_with_no_settings_trains_offline_on_the_bundled_sample(fresh_clone, tmp_path):

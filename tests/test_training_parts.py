@@ -204,3 +204,9 @@ def test_restart_fields_are_set_together():
         TrainConfig(decay_restart_step=5)
     with pytest.raises(ValueError, match="decay_restart_lr"):
         TrainConfig(decay_restart_step=5, decay_restart_lr=1.0)  # above lr_max
+
+
+def test_a_resume_to_another_length_keeps_the_warmup_of_the_run_so_far():
+    from training.schedule import resumed_schedule
+    resumed, _ = resumed_schedule(TrainConfig(max_iters=100), TrainConfig(max_iters=400), 50)
+    assert resumed.warmup_steps == 10  # not 40: the run warmed up over its first 10 steps

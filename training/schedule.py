@@ -13,10 +13,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based)."""
     if cfg.decay_restart_step is not None and step >= cfg.decay_restart_step:
         return _restarted_decay(step, cfg)
-    if step < cfg.warmup_iters:
-        return cfg.lr_init + (cfg.lr_max - cfg.lr_init) * step / cfg.warmup_iters
-    anneal_iters = cfg.max_iters - cfg.warmup_iters - cfg.final_flat_iters
-    t = step - cfg.warmup_iters
+    if step < cfg.warmup_steps:
+        return cfg.lr_init + (cfg.lr_max - cfg.lr_init) * step / cfg.warmup_steps
+    anneal_iters = cfg.max_iters - cfg.warmup_steps - cfg.final_flat_iters
+    t = step - cfg.warmup_steps
     if anneal_iters <= 0 or t >= anneal_iters:
         return cfg.lr_min
     # cycle lengths L, L*T_mult, L*T_mult^2, ... add up to anneal_iters
@@ -52,6 +52,8 @@ def resumed_schedule(saved: TrainConfig, cfg: TrainConfig, step: int) -> tuple[T
     if cfg.max_iters == saved.max_iters:
         after = lr_at(step, cfg)
         return cfg, None if after == before else f"schedule changed: {_lr_change(step, before, after)}"
+    if cfg.warmup_iters is None:  # the warmup the run had (10% of its first length) stays at the new length
+        cfg = dataclasses.replace(cfg, warmup_iters=saved.warmup_steps)
     head = f"schedule: max_iters {saved.max_iters} -> {cfg.max_iters}, resume_schedule={cfg.resume_schedule!r}: "
     if cfg.resume_schedule == "extend_tail":
         flat = cfg.final_flat_iters + cfg.max_iters - saved.max_iters
@@ -64,7 +66,7 @@ def resumed_schedule(saved: TrainConfig, cfg: TrainConfig, step: int) -> tuple[T
         return cfg, head + (f"the decay still ends at step {end}, then lr_min={cfg.lr_min:.2e} until step "
                             f"{cfg.max_iters}; {_lr_change(step, before, lr_at(step, cfg))}")
     if cfg.resume_schedule == "restart_decay":
-        start = max(step, cfg.warmup_iters)
+        start = max(step, cfg.warmup_steps)
         lr = min(max(lr_at(start, saved), cfg.lr_min), cfg.lr_max)
         cfg = dataclasses.replace(cfg, decay_restart_step=start, decay_restart_lr=lr)
         end = max(cfg.max_iters - cfg.final_flat_iters, start)

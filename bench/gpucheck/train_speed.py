@@ -85,7 +85,7 @@ def reference_step(ctx: Context, spec: dict, runner: SyntheticStep):
     args = reference_gpt.parse_args([
         *(f"--{k}={v}" for k, v in spec["reference"].items()), f"--block_size={m.max_seq_len}",
         f"--batch_size={t.micro_batch_size}", f"--vocab_size={m.vocab_len}", "--bias", f"--device={ctx.device.type}",
-        "--dtype=bfloat16", f"--beta2={t.beta2}", f"--lr={t.lr_max}", f"--warmup_iters={t.warmup_iters}",
+        "--dtype=bfloat16", f"--beta2={t.beta2}", f"--lr={t.lr_max}", f"--warmup_iters={t.warmup_steps}",
         f"--log_interval={REFERENCE_LOG_INTERVAL}", "--quiet"])
     reference = reference_gpt.Reference(args)
     reference.train_model = ctx.compile(reference.model)
