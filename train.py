@@ -32,7 +32,7 @@ from machinery.data.tokenizer import get_tokenizer
 from machinery.run import cost, distributed, provenance, runs, stopping
 from machinery.run.checkpoint import load_checkpoint, restore, save_best_weights, save_resumable
 from machinery.run.curves import plot_training_curves
-from machinery.run.device import peak_flops
+from machinery.run.device import nondeterministic_message, nondeterministic_op, peak_flops
 from machinery.run.divergence import recovery_advice
 from machinery.run.memory_probe import probe_memory
 from machinery.run.progress import Progress
@@ -210,10 +210,10 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
         raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") \
             from None
     except RuntimeError as e:
-        if not (train_cfg.deterministic and "does not have a deterministic implementation" in str(e)):
+        op = nondeterministic_op(e) if train_cfg.deterministic else None
+        if op is None:
             raise
-        raise TrainingError(f"--deterministic: {str(e).split(',')[0]} on {machine.device.type}; add "
-                            f"--deterministic=false: {stopping.kept(run_dir)}") from None
+        raise TrainingError(nondeterministic_message(op, machine.device, stopping.kept(run_dir))) from None
     finally:
         progress.close()
         tracker.finish()

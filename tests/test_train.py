@@ -179,6 +179,26 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(sample_data, data_cache
     assert math.isfinite(state["best_val"])
 
 
+def test_an_op_without_a_deterministic_kernel_in_the_model_is_one_line_before_the_run_folder(
+        sample_data, data_cache, trained_dir, capsys, monkeypatch):
+    """The memory probe runs the model's first forward and backward before the run folder exists: an op without
+    a deterministic kernel stops there, with the same one line, and leaves nothing behind."""
+    from modules.model import Model
+
+    def nondeterministic(*args, **kwargs):
+        raise RuntimeError("scatter_add_cuda_kernel does not have a deterministic implementation, but you set "
+                           "'torch.use_deterministic_algorithms(True)'. ...")
+    monkeypatch.setattr(Model, "forward", nondeterministic)
+    try:
+        assert train.main(tiny_args(sample_data, data_cache, deterministic=True)) == 2
+    finally:
+        torch.use_deterministic_algorithms(False)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("error: --deterministic: scatter_add_cuda_kernel does not have a deterministic implementation "
+                    "on cpu; add --deterministic=false: nothing was written")
+    assert not (trained_dir / "run").exists()
+
+
 def test_an_op_without_a_deterministic_kernel_is_one_clear_line(sample_data, data_cache, trained_dir, capsys,
                                                                 monkeypatch):
     """--deterministic is strict (torch's warn-only mode would leave attention's backward nondeterministic on

@@ -184,6 +184,19 @@ def use_deterministic_kernels(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = False  # its autotuner may pick a different kernel per run (also torch's default)
 
 
+def nondeterministic_op(error: BaseException) -> str | None:
+    """The op named by torch's error for an op without a deterministic kernel (under use_deterministic_kernels),
+    or None for any other error."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and "does not have a deterministic implementation" in text:
+        return text.split(",")[0]
+    return None
+
+
+def nondeterministic_message(op: str, device: torch.device, what_was_kept: str) -> str:
+    return f"--deterministic: {op} on {device.type}; add --deterministic=false: {what_was_kept}"
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed precision for forward passes: weights stay float32, matmuls run in dtype."""
     if dtype == torch.float32:

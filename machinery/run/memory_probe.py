@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from machinery.run import distributed
-from machinery.run.device import autocast
+from machinery.run.device import autocast, nondeterministic_message, nondeterministic_op
 from machinery.run.setup import TrainingError
 
 
@@ -39,6 +39,9 @@ def probe_memory(train_model, model, optimizers: list, batches, train_cfg, machi
                 reserve = torch.empty(2 * trained, dtype=torch.float32, device=machine.device)
             del reserve, loss, batch
     except Exception as e:
+        op = nondeterministic_op(e) if train_cfg.deterministic else None
+        if op is not None:  # the probe is the first forward and backward: the first place this shows
+            raise TrainingError(nondeterministic_message(op, machine.device, "nothing was written")) from None
         if not is_out_of_memory(e):
             raise
         raise TrainingError(f"one micro-batch does not fit in memory on {machine.device} (micro_batch_size="
