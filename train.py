@@ -191,12 +191,16 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
         mfu_per_token_s = flops_per_token / (peak_flops(machine.device.type, machine.dtype) * world_size)
     run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
               tokenizer.bos_id, mfu_per_token_s)
+    def checkpoint():  # the curve first: a resume from this checkpoint then has every point up to it
+        if machine.is_main:
+            curve.save()
+        save_resumable(run_dir, state, model, optimizers, data.batches, machine)
+
     cost.reset_peak_memory(machine.device)  # peak_memory_mb: the training loop's
     try:
         for step in range(state.step, train_cfg.max_iters):
             if stop.agreed():  # a signal arrived: keep this step's work in a checkpoint and stop
-                raise stop.after_saving(state.step, lambda: save_resumable(run_dir, state, model, optimizers,
-                                                                           data.batches, machine))
+                raise stop.after_saving(state.step, checkpoint)
             start = time.perf_counter()
             result = train_step(step, train_model, optimizers, data.batches, train_cfg, machine.device,
                                 machine.dtype)
@@ -205,7 +209,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
             if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_iters:
                 evaluate_and_log(run, state, result)
             if state.step % train_cfg.checkpoint_interval == 0 or state.step == train_cfg.max_iters:
-                save_resumable(run_dir, state, model, optimizers, data.batches, machine)
+                checkpoint()
     except NonFiniteStep as e:
         raise TrainingError(f"the run stopped: {e}, so the update was not applied. {recovery_advice(run_dir)}") \
             from None
@@ -217,6 +221,8 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
     finally:
         progress.close()
         tracker.finish()
+        if machine.is_main:
+            curve.save()
     if machine.is_main and log.rows:
         plot_training_curves(log.rows, run_dir / "training_curves.png", title=run_dir.name, train_rows=curve.rows)
         cost.write_summary(run_dir, log.rows, flops_per_token, machine.device)

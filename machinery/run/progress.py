@@ -42,7 +42,7 @@ class Progress:
         self._mark_time, self._mark_tokens = now, tokens_seen
         loss = float(loss)
         self.write(f"step {step}/{self.max_iters}: loss {loss:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
-        if self.curve is not None:  # written before any checkpoint of this step: a resume keeps the curve whole
+        if self.curve is not None:  # added before any checkpoint of this step, which saves the curve (train.py)
             self.curve.append(dict(step=step, tokens=tokens_seen, train_loss=loss, lr=lr))
 
     def evaluating(self, step: int, batches: int) -> None:

@@ -38,7 +38,14 @@ class RunLog:
         return cls(path, rows)
 
     def append(self, row: dict) -> None:
+        """Add a row and rewrite the file (one row per evaluation: a few hundred rows in a long run)."""
+        self.add(row)
+        self.save()
+
+    def add(self, row: dict) -> None:
         self.rows.append({k: _fmt(row[k]) for k in self.COLUMNS})
+
+    def save(self) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -48,8 +55,14 @@ class RunLog:
 
 class TrainLossLog(RunLog):
     """train_loss.csv: the loss, lr and tokens of the step at each log_interval line (process 0's loss; not
-    averaged, unlike log_data.csv's train_loss, which is the mean since the previous evaluation)."""
+    averaged, unlike log_data.csv's train_loss, which is the mean since the previous evaluation). A row every 10
+    steps would make rewriting the file at each one quadratic in the run's length, so rows are only added here
+    and the file is saved before each checkpoint and when training ends (train.py): a resume, which keeps the
+    rows up to its checkpoint, still finds every one of them."""
     COLUMNS = FIRST_COLUMNS = ["step", "tokens", "train_loss", "lr"]
+
+    def append(self, row: dict) -> None:
+        self.add(row)
 
 
 def _fmt(value) -> str:
