@@ -19,25 +19,24 @@ from __future__ import annotations
 
 import sys
 
-from machinery.cli import UsageError, parse_bool, print_help_if_asked, reject_unknown, split_args
+from machinery.cli import UsageError, parse_bool, print_help_if_asked, reject_unknown, run_script, split_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        overrides, positional = split_args(sys.argv[1:] if argv is None else argv)
-        if print_help_if_asked(overrides, usage=__doc__, sections=[]):
-            return 0
-        overwrite = parse_bool(overrides.pop("overwrite", "false"), "overwrite")
-        reject_unknown(overrides, extra=("overwrite",))
-        if len(positional) != 2:
-            raise UsageError(f"give a run and an output folder: python export_hf.py RUN OUT_DIR (got {positional})")
-        from machinery.interop.export import export_run
-        out = export_run(positional[0], positional[1], overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_script("export_hf.py", lambda: export(sys.argv[1:] if argv is None else argv))
+
+
+def export(argv: list[str]) -> None:
+    overrides, positional = split_args(argv)
+    if print_help_if_asked(overrides, usage=__doc__, sections=[]):
+        return
+    overwrite = parse_bool(overrides.pop("overwrite", "false"), "overwrite")
+    reject_unknown(overrides, extra=("overwrite",))
+    if len(positional) != 2:
+        raise UsageError(f"give a run and an output folder: python export_hf.py RUN OUT_DIR (got {positional})")
+    from machinery.interop.export import export_run
+    out = export_run(positional[0], positional[1], overwrite=overwrite)
     print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it")
-    return 0
 
 
 if __name__ == "__main__":

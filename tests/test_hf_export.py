@@ -111,7 +111,7 @@ def test_cli_errors_are_one_line(tmp_path, exported, capsys):
     for args in cases:
         assert export_hf.main(args) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert err.startswith("export_hf.py: error: ") and err.count("\n") == 1, err
     # a run with an option transformers lacks is refused before anything is written
     run = tmp_path / "qk_run"
     runs.write_description(run, ModelConfig(qk_norm=True, vocab_len=259, tokenizer="byte"), TrainConfig())
