@@ -12,10 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
+from machinery import PROJECT_ROOT
+
 LOCAL_HINT = ("Offline, use the sample bundled with the project: --dataset=data/samples/tinystories "
               "(TinyStories, train.jsonl and validation.jsonl) or "
               "--dataset=data/samples/tinyshakespeare/input.txt, or point --dataset at your own file or folder.")
 _HUB_CONNECT_TIMEOUT_S = 3.0  # resolving and connecting to the hub's host; `datasets` alone retries for ~25 s
+
+
+def looked_in() -> str:
+    """Where a relative dataset path is looked for: the folder you run from, then the project (named once when
+    they are the same folder)."""
+    return " and in ".join(dict.fromkeys(map(str, (Path.cwd(), PROJECT_ROOT))))
 
 
 class HubUnreachableError(RuntimeError):
@@ -25,7 +33,7 @@ class HubUnreachableError(RuntimeError):
 def _hub_error(dataset: str, err: Exception) -> HubUnreachableError:
     return HubUnreachableError(f"could not reach the Hugging Face hub to load dataset {dataset!r} "
                                f"({type(err).__name__}: {err}); it is not a local path either "
-                               f"(looked in {Path.cwd()}). Check your connection, or if the dataset is "
+                               f"(looked in {looked_in()}). Check your connection, or if the dataset is "
                                f"already downloaded set HF_HUB_OFFLINE=1. {LOCAL_HINT}")
 
 
@@ -94,5 +102,5 @@ def hub_call(dataset: str, fn, *args, **kwargs):
     except ConnectionError as e:
         raise _hub_error(dataset, e) from e
     except DatasetNotFoundError as e:
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a local path (looked in {Path.cwd()}) nor "
+        raise FileNotFoundError(f"dataset {dataset!r} is neither a local path (looked in {looked_in()}) nor "
                                 f"a dataset on the Hugging Face hub. {LOCAL_HINT}") from e

@@ -24,7 +24,7 @@ import numpy as np
 from machinery import PROJECT_ROOT
 from machinery.data import plain_files
 from machinery.data.file_errors import first_broken_file
-from machinery.data.hub import LOCAL_HINT, hub_call
+from machinery.data.hub import LOCAL_HINT, hub_call, looked_in
 
 SPLITS = ("train", "validation")
 FORMATS = {".txt": "txt", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -130,9 +130,8 @@ def resolve_source(dataset: str, data_subset: Optional[str] = None) -> Source:
     path = local_path(dataset)
     if not path.exists():
         if _looks_like_path(dataset):
-            where = " and in ".join(dict.fromkeys(map(str, (Path.cwd(), PROJECT_ROOT))))  # once when they are one
-            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {where}). Paths are "
-                                    f"relative to the directory you run from.")
+            raise FileNotFoundError(f"dataset path {dataset!r} does not exist (looked in {looked_in()}): a "
+                                    f"relative path is looked for in the folder you run from, then in the project")
         return Source(name=dataset, data_subset=data_subset)
     path = path.resolve()
     if data_subset is not None:
