@@ -276,6 +276,8 @@ class Reference:
         if self.it % args.log_interval == 0:  # nanoGPT's CPU run logs every iteration (log_interval=1)
             self.train_loss = loss.item()
         self.it += 1
+        if args.device == "cuda":  # the step's kernels finish inside its time (launches return at once)
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
 
