@@ -140,7 +140,6 @@ class Run:
     data: Data
     model: torch.nn.Module        # the plain Model: its weights are what is saved
     train_model: torch.nn.Module  # the same model as trained: wrapped for several processes, compiled
-    optimizers: list
     log: RunLog
     progress: Progress
     tracker: Tracker
@@ -189,7 +188,7 @@ def _train_locked(model_cfg, train_cfg, run_dir, resume, overwrite, machine, sto
     flops_per_token = model.flops_per_token(T)
     with torch.random.fork_rng(devices=[]):  # measuring the peak must not move the dropout stream
         mfu_per_token_s = flops_per_token / (peak_flops(machine.device.type, machine.dtype) * world_size)
-    run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, optimizers, log, progress, tracker,
+    run = Run(run_dir, model_cfg, train_cfg, machine, data, model, train_model, log, progress, tracker,
               tokenizer.bos_id, mfu_per_token_s)
     def checkpoint():  # the curve first: a resume from this checkpoint then has every point up to it
         if machine.is_main:

@@ -15,12 +15,7 @@ import torch
 
 from machinery.run import distributed
 from machinery.run.device import autocast, nondeterministic_message, nondeterministic_op
-from machinery.run.setup import TrainingError
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+from machinery.run.setup import TrainingError, is_out_of_memory
 
 
 def probe_memory(train_model, model, optimizers: list, batches, train_cfg, machine) -> None:

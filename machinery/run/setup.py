@@ -106,14 +106,22 @@ def load_data(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine, 
     return Data(train_tokens, val_tokens, batches)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or a RuntimeError saying so (MPS; the CPU allocator's
+    "can't allocate memory")."""
+    text = str(error).lower()
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and ("out of memory" in text or "allocate memory" in text))
+
+
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig, machine: Machine) -> Model:
     """The model on its device; running out of memory here is one line saying how big it was. On a GPU the weights
     are made and initialized there (a 1B model's init takes tens of seconds on the CPU, then a copy)."""
     try:
         with torch.device(machine.device) if machine.device.type == "cuda" else contextlib.nullcontext():
             model = Model(model_cfg).to(machine.device)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "memory" not in str(e).lower():
+    except Exception as e:
+        if not is_out_of_memory(e):
             raise
         raise TrainingError(f"out of memory building the model on {machine.device.type} "
                             f"(dim={model_cfg.dim}, num_layers={model_cfg.num_layers}, "
