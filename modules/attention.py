@@ -4,15 +4,6 @@ Variants, all from the config: MHA / GQA / MQA (num_kv_heads), RoPE, qk_norm, sl
 document masking, and a KV cache for generation. Everything about who attends to whom lives in this file:
 the mask (or SDPA's is_causal shortcut), the kernel that applies it, and the KV cache's writes and reads.
 
-Which kernel (choose_kernel below, one rule for every layer): plain causal attention is SDPA with
-is_causal and no mask, which on a GPU runs the flash (or cuDNN) kernel. Document masking and sliding windows
-need a mask, and an explicit mask forces SDPA off flash onto a slower kernel that reads the whole (T, T)
-mask; so on CUDA those cases run FlexAttention (https://pytorch.org/blog/flexattention/), whose block mask
-lets the fused kernel skip the blocks nobody attends to. FlexAttention has no dropout, no backward on CPUs,
-needs head_dim >= 16 on CUDA and is fast only compiled, so everywhere else the explicit mask goes to SDPA.
-`Model.attention_kernel` ("auto", "sdpa", "flex") overrides the rule, e.g. to compare the two (bench/gpu_check.py
-does).
-
 What the SDPA call computes, written out (modules/reference.py `attention` does it in float64; the
 tests compare the two):
 
@@ -23,6 +14,15 @@ tests compare the two):
 To try an attention idea, edit SelfAttention. Each layer knows its index, so a per-layer variant is a
 local edit in SelfAttention.__init__ (e.g. Gemma-2's sliding window on every other layer:
 `self.sliding_window = cfg.sliding_window if layer_idx % 2 == 0 else None`).
+
+Which kernel (choose_kernel below, one rule for every layer): plain causal attention is SDPA with
+is_causal and no mask, which on a GPU runs the flash (or cuDNN) kernel. Document masking and sliding windows
+need a mask, and an explicit mask forces SDPA off flash onto a slower kernel that reads the whole (T, T)
+mask; so on CUDA those cases run FlexAttention (https://pytorch.org/blog/flexattention/), whose block mask
+lets the fused kernel skip the blocks nobody attends to. FlexAttention has no dropout, no backward on CPUs,
+needs head_dim >= 16 on CUDA and is fast only compiled, so everywhere else the explicit mask goes to SDPA.
+`Model.attention_kernel` ("auto", "sdpa", "flex") overrides the rule, e.g. to compare the two (bench/gpu_check.py
+does).
 """
 from __future__ import annotations
 
@@ -220,18 +220,26 @@ class SelfAttention(LoggingModule):
             q, k = self.q_norm(q), self.k_norm(k)
         if inputs.rope is not None:
             q, k = apply_rope(q, inputs.rope), apply_rope(k, inputs.rope)
-        k, v = inputs.keys_values(self.layer_idx, k, v)  # first: the cache refuses an overflow before a mask
-        kernel, mask = self.masking(inputs)  # would slice its key_valid
-        y = self.attend_flex(q, k, v, mask) if kernel == "flex" else self.attend(q, k, v, *mask)
+        # keys and values first: the cache refuses an overflow before a mask would slice its key_valid
+        k, v = inputs.keys_values(self.layer_idx, k, v)
+        if self.uses_flex(inputs):
+            y = self.attend_flex(q, k, v, inputs.block_mask(self.sliding_window))
+        else:
+            y = self.attend(q, k, v, *inputs.mask(self.sliding_window))
         return self.out(y.transpose(1, 2).reshape(B, T, -1))  # heads side by side again, then mix them
 
-    def masking(self, inputs: AttentionInputs) -> tuple[str, object]:
-        """('flex', its block mask) or ('sdpa', (mask, is_causal)) for this layer, built once per forward and window.
-        Model.forward asks for it before running checkpointed layers: building it inside one would be a side
-        effect (a new entry in the inputs' mask cache) that torch.compile cannot trace through a checkpoint."""
-        if inputs.kernel_for(self.sliding_window, self.dropout if self.training else 0.0, self.head_dim) == "flex":
-            return "flex", inputs.block_mask(self.sliding_window)
-        return "sdpa", inputs.mask(self.sliding_window)
+    def uses_flex(self, inputs: AttentionInputs) -> bool:
+        """FlexAttention or SDPA for this layer (choose_kernel's rule)."""
+        return inputs.kernel_for(self.sliding_window, self.dropout if self.training else 0.0, self.head_dim) == "flex"
+
+    def prepare_mask(self, inputs: AttentionInputs) -> None:
+        """Build this layer's mask now (it is kept in `inputs`, once per forward and window). Model.forward calls
+        it before checkpointed layers: building it inside one would be a side effect (a new entry in the inputs'
+        mask cache) that torch.compile cannot trace through a checkpoint."""
+        if self.uses_flex(inputs):
+            inputs.block_mask(self.sliding_window)
+        else:
+            inputs.mask(self.sliding_window)
 
     @log_io
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -94,8 +94,9 @@ class Model(LoggingModule):
         attn_inputs = AttentionInputs(slots, rope, doc_ids, cache, kernel=self.attention_kernel)
 
         checkpointing = self.activation_checkpointing and self.training
-        for layer in self.layers if checkpointing else ():  # masks first: see SelfAttention.masking
-            layer.attn.masking(attn_inputs)
+        if checkpointing:  # masks before the checkpointed layers: SelfAttention.prepare_mask says why
+            for layer in self.layers:
+                layer.attn.prepare_mask(attn_inputs)
         for layer in self.layers:
             if checkpointing:
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn_inputs, use_reentrant=False)
