@@ -11,6 +11,8 @@ SAMPLE_DATA = ROOT / "data" / "samples"
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
+    yield
+    torch.use_deterministic_algorithms(False)  # a --deterministic run in this process must not outlive its test
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -33,14 +34,16 @@ def test_warmup_defaults_to_a_tenth_of_the_run():
 
 def test_train_py_with_no_settings_trains_offline_on_the_bundled_sample(fresh_clone, tmp_path):
     """`python train.py` (here with few steps) on a fresh clone, run from another folder, no network."""
+    clone = tmp_path / "clone"  # its own copy: the shared fresh_clone holds no runs beyond the shipped ones
+    shutil.copytree(fresh_clone, clone)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "TEMPLATEGPT_TRAINED_DIR"} | OFFLINE
-    proc = subprocess.run([sys.executable, str(fresh_clone / "train.py"), "--max_iters=3", "--eval_batches=1",
+    proc = subprocess.run([sys.executable, str(clone / "train.py"), "--max_iters=3", "--eval_batches=1",
                            "--model_name=first"], cwd=elsewhere, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    run = fresh_clone / "trained" / "first"
+    run = clone / "trained" / "first"
     assert json.loads((run / "train_config.json").read_text())["dataset"] == "data/samples/tinystories"
     with open(run / "log_data.csv", newline="") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [3]
